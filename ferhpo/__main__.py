@@ -1,0 +1,5 @@
+import sys
+
+from ferhpo.cli import main
+
+sys.exit(main())

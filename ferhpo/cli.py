@@ -1,0 +1,270 @@
+"""The `ferhpo` command line: a table of subcommands, one handler each.
+
+This is the only module that prints for the user and picks exit codes:
+0 success, 2 bad usage or bad input (one line on stderr), 1 internal error,
+130 interrupted. Heavy imports (keras, optuna) happen inside handlers, so
+`ferhpo --help` and `ferhpo data summary` stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+from ferhpo import __version__
+from ferhpo.errors import FerhpoError
+
+PROG = "ferhpo"
+
+
+class UsageError(FerhpoError):
+    """Bad command-line usage (argparse's complaints, made one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing the usage block and exiting."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        metavar="PATH",
+        help="FER2013 as image folders (train/<class>/, test/<class>/) or the Kaggle fer2013.csv; "
+        "default: $FERHPO_DATA, else ./data/fer2013",
+    )
+    g.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where decoded arrays are cached (outside the data folder); default: $FERHPO_CACHE, "
+        "else the user cache dir",
+    )
+    g.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip corrupt or non-image files (and bad csv rows) and report how many, instead of failing",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _load(args: argparse.Namespace):
+    from ferhpo.data import load_fer2013
+
+    return load_fer2013(args.data, args.cache_dir, skip_bad=args.skip_bad)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    from ferhpo.data import PROTOCOLS
+
+    sub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    s = sub.add_parser(
+        "summary",
+        help="load FER2013 (through the cache) and print its format, counts, fingerprint and cache",
+        description="Load FER2013 through the cache and describe it: source format, images per split "
+        "and class, converted and skipped images, the content fingerprint and the cache file.",
+    )
+    _add_data_options(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    s.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        help="also show the split sizes of this protocol: "
+        + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()).replace("%", "%%"),
+    )
+    s.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the protocol's split (default 0)")
+
+
+def _data_run(args: argparse.Namespace) -> int:
+    from ferhpo.data import CLASSES, make_splits, summary
+
+    data = _load(args)
+    info = summary(data)
+    if args.protocol:
+        splits = make_splits(data, args.protocol, args.seed)
+        info["protocol"] = {
+            "name": splits.protocol,
+            "seed": splits.seed,
+            "sizes": splits.sizes(),
+            "selection_sees": list(splits.selection_sees),
+        }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    fmt = {"folder": "image folders", "csv": "Kaggle csv"}[info["format"]]
+    cache = info["cache"]
+    lines = [
+        f"source       {info['path']} ({fmt})",
+        f"fingerprint  {info['fingerprint']}",
+        f"cache        {cache['path'] or '(disabled)'} "
+        f"({'hit' if cache['hit'] else 'miss, written'}; loaded in {cache['load_seconds']:.2f} s)",
+        f"converted    {info['converted']} images (not 48x48 grayscale)",
+        f"skipped      {info['skipped']} bad files or rows",
+        "",
+    ]
+    counts = info["counts"]
+    columns = [c for c in ("train", "test", "public_test", "private_test") if c in counts]
+    lines.append(f"{'class':<10}" + "".join(f"{c:>14}" for c in columns))
+    for name in CLASSES:
+        lines.append(f"{name:<10}" + "".join(f"{counts[c][name]:>14,}" for c in columns))
+    lines.append(f"{'total':<10}" + "".join(f"{info['totals'][c]:>14,}" for c in columns))
+    if args.protocol:
+        p = info["protocol"]
+        sizes = ", ".join(f"{k} {v:,}" for k, v in p["sizes"].items())
+        lines += ["", f"protocol {p['name']} (seed {p['seed']}): {sizes}"]
+        if p["selection_sees"]:
+            lines.append(f"  note: validation overlaps {', '.join(p['selection_sees'])}; those are not clean test numbers")
+    print("\n".join(lines))
+    return 0
+
+
+# --------------------------------------------------------------------------- not yet implemented
+
+
+def _not_yet(issue: str):
+    def run(args: argparse.Namespace) -> int:
+        raise FerhpoError(f"'ferhpo {args.command}' is not implemented yet ({issue}); expected in a later release")
+
+    return run
+
+
+def _baseline_arguments(p: argparse.ArgumentParser) -> None:
+    _add_data_options(p)
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these presets (default: all five)")
+    p.add_argument("--budget", choices=["smoke", "quick", "full"], default="full", help="epochs and images: full is the reference 200-epoch recipe")
+    p.add_argument("--epochs", type=_positive_int, help="override the budget's number of epochs")
+    p.add_argument("--train-limit", type=_positive_int, metavar="N", help="train on at most N images")
+    p.add_argument("--protocol", help="override each preset's split protocol")
+    p.add_argument("--study", default="baseline", help="study name (default: baseline)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: a SQLite file under studies/)")
+    p.add_argument("--list", action="store_true", help="list the five presets and exit")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _search_arguments(p: argparse.ArgumentParser) -> None:
+    _add_data_options(p)
+    p.add_argument("--space", required=True, metavar="densenet|resnet|FILE", help="search space name or TOML file")
+    p.add_argument("--engine", choices=["optuna", "keras-tuner"], default="optuna", help="search engine")
+    p.add_argument("--sampler", choices=["tpe", "random", "grid", "cmaes", "gp"], default="tpe", help="Optuna sampler")
+    p.add_argument("--pruner", choices=["hyperband", "asha", "median", "none"], default="hyperband", help="per-epoch pruner")
+    p.add_argument("--objective", choices=["val_accuracy", "macro_f1"], default="val_accuracy", help="validation objective")
+    p.add_argument("--trials", type=_positive_int, help="number of trials")
+    p.add_argument("--timeout", type=_positive_int, metavar="SECONDS", help="stop starting trials after this long")
+    p.add_argument("--study", help="study name (rerunning the same name resumes it)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: a SQLite file under studies/)")
+    p.add_argument("--budget", choices=["smoke", "quick", "full"], default="full", help="epochs and images per trial")
+    p.add_argument("--max-epochs", type=_positive_int, help="override the budget's epochs per trial")
+    p.add_argument("--workers", type=_positive_int, default=1, help="parallel worker processes")
+    p.add_argument("--protocol", choices=["holdout", "canonical"], default="holdout", help="split protocol")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, help="study to report on")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: a SQLite file under studies/)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: reports/<study>/)")
+    p.add_argument("--format", default="md,html,csv,json", help="comma-separated formats (default: md,html,csv,json)")
+    p.add_argument("--top", type=_positive_int, default=10, metavar="K", help="trials tested against the best baseline")
+    p.add_argument("--baseline-study", metavar="NAME", help="study holding reproduced baseline runs")
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", metavar="NAME", help="presets to time (default: all five)")
+    p.add_argument("--batch", type=_positive_int, help="batch size (default: each preset's)")
+    p.add_argument("--steps", type=_positive_int, default=20, help="timed steps per repeat")
+    p.add_argument("--backend", choices=["tensorflow", "jax", "torch"], help="Keras backend")
+    p.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"], default="float32")
+    p.add_argument("--reference", action="store_true", help="also time the straightforward pipeline")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+COMMANDS = (
+    Command("data", "inspect the FER2013 data: format, counts, fingerprint, cache, splits", _data_arguments, _data_run),
+    Command("baseline", "reproduce the five reference configurations", _baseline_arguments, _not_yet("issue #3")),
+    Command("search", "search DenseNet/ResNet architectures and training recipes", _search_arguments, _not_yet("issue #4")),
+    Command("report", "rank a study's trials against the baselines", _report_arguments, _not_yet("issue #5")),
+    Command("bench", "measure training and inference throughput", _bench_arguments, _not_yet("issue #6")),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Reproduce a FER2013 DenseNet/ResNet study, then beat it with architecture and "
+        "hyperparameter search.",
+        epilog="Exit codes: 0 success, 2 bad usage or input, 1 internal error, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help[0].upper() + cmd.help[1:] + ".")
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code (never raises for user errors)."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args._run(args)
+    except FerhpoError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `ferhpo data summary | head`: the reader left; not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # a bug: keep the traceback for the report
+        traceback.print_exc()
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Library code raises these with a message that names the problem and what was
+expected; only the CLI prints them, as one line, and exits with code 2.
+"""
+
+
+class FerhpoError(Exception):
+    """A problem with the user's input or environment (exit code 2)."""
+
+    exit_code = 2
+
+
+class DataError(FerhpoError):
+    """The dataset is missing, malformed, or cannot be cached."""
+
+
+class ConfigError(FerhpoError, ValueError):
+    """An invalid configuration, preset, option value or search space.
+
+    Also a ValueError, so builders called from Python raise the usual type.
+    """
+
+
+class StoreError(FerhpoError):
+    """A study or its storage cannot be opened, read or written."""

@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny FER2013 sources built in tmp dirs, the real dataset when present."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ferhpo.data import CLASSES, CSV_EMOTIONS
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("FERHPO_TEST_DATA", REPO.parent / "shared" / "fer2013"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test reads the user's FERHPO_* settings or writes to the user cache."""
+    monkeypatch.delenv("FERHPO_DATA", raising=False)
+    monkeypatch.setenv("FERHPO_CACHE", str(tmp_path / "default-cache"))
+
+
+def face(seed: int) -> np.ndarray:
+    """A deterministic 48x48 uint8 'image'."""
+    return np.random.default_rng(seed).integers(0, 256, (48, 48), dtype=np.uint8)
+
+
+# (split, class, origin, seed) for a tiny but complete dataset: every class in both
+# splits, both test halves present.
+def tiny_items(per_class: int = 3) -> list[tuple[str, str, str, int]]:
+    items = []
+    seed = 0
+    for cls in CLASSES:
+        for i in range(per_class):
+            items.append(("train", cls, "Training", seed))
+            seed += 1
+        for origin in ("PublicTest", "PrivateTest"):
+            items.append(("test", cls, origin, seed))
+            seed += 1
+    return items
+
+
+def write_folder(root: Path, items=None, ext: str = "png") -> Path:
+    from PIL import Image
+
+    for split, cls, origin, seed in items or tiny_items():
+        folder = root / split / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(face(seed), mode="L").save(folder / f"{origin}_{seed}.{ext}")
+    return root
+
+
+def write_csv(path: Path, items=None) -> Path:
+    rows = ["emotion,pixels,Usage"]
+    for _split, cls, origin, seed in items or tiny_items():
+        pixels = " ".join(str(v) for v in face(seed).ravel())
+        rows.append(f"{CSV_EMOTIONS.index(cls)},{pixels},{origin}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def tiny_folder(tmp_path) -> Path:
+    return write_folder(tmp_path / "fer")
+
+
+@pytest.fixture
+def tiny_csv(tmp_path) -> Path:
+    return write_csv(tmp_path / "kaggle" / "fer2013.csv")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, preexec_fn=None):
+    """Run the real `ferhpo` command in a fresh interpreter."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ferhpo", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        preexec_fn=preexec_fn,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not (REAL_DATA / "train").is_dir():
+        pytest.skip(f"the full FER2013 is not at {REAL_DATA} (set FERHPO_TEST_DATA to its folder)")
+    return REAL_DATA
