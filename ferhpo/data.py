@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ferhpo.atomic import atomic_open
 from ferhpo.errors import DataError
 
 CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -480,9 +481,8 @@ def _write_cache(path: Path, data: FER2013) -> None:
         "converted": data.info.converted,
         "skipped": list(data.info.skipped),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path) as f:
             np.savez(
                 f,
                 images=data.images,
@@ -491,18 +491,11 @@ def _write_cache(path: Path, data: FER2013) -> None:
                 files=data.files,
                 meta=np.array(json.dumps(meta)),
             )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise DataError(
             f"cannot write the data cache {path} ({exc.strerror or exc}); expected a writable folder "
             f"with room for about {data.images.nbytes // 2**20 + 1} MiB (pass --cache-dir or set FERHPO_CACHE)"
         ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     prefix = path.name.rsplit("-", 1)[0] + "-"
     for old in path.parent.glob(prefix + "*.npz"):
         if old != path:
