@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from ferhpo import __version__
@@ -83,6 +84,39 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
+
+
+def _import_keras() -> None:
+    """Import keras with the backend's C++ start-up log (CUDA probing, oneDNN notes) hidden.
+
+    TensorFlow 2.20+ writes those lines before its logging can be configured, so they
+    are caught on file descriptor 2 and shown only if the import fails.
+    """
+    if "keras" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _quiet_optuna() -> None:
+    """Optuna logs every study creation at INFO; ferhpo prints its own summaries."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _load(args: argparse.Namespace):
@@ -169,16 +203,262 @@ def _not_yet(issue: str):
 
 
 def _baseline_arguments(p: argparse.ArgumentParser) -> None:
+    from ferhpo.config import BUDGETS
+    from ferhpo.data import PROTOCOLS
+
     _add_data_options(p)
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these presets (default: all five)")
-    p.add_argument("--budget", choices=["smoke", "quick", "full"], default="full", help="epochs and images: full is the reference 200-epoch recipe")
+    p.add_argument(
+        "--budget",
+        choices=list(BUDGETS),
+        default="full",
+        help="how much of the recipe to spend: "
+        + "; ".join(f"{b.name}: {b.describe()}" for b in BUDGETS.values())
+        + " (default: full, the reference 200-epoch recipe)",
+    )
     p.add_argument("--epochs", type=_positive_int, help="override the budget's number of epochs")
-    p.add_argument("--train-limit", type=_positive_int, metavar="N", help="train on at most N images")
-    p.add_argument("--protocol", help="override each preset's split protocol")
+    p.add_argument("--train-limit", type=_positive_int, metavar="N", help="train on a seeded subsample of at most N images")
+    p.add_argument("--protocol", choices=list(PROTOCOLS), help="override each preset's split protocol")
+    p.add_argument("--seed", type=_non_negative_int, help="override the presets' seed (initialisation, augmentation, split)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of the selected presets' model or training config, e.g. --set depth=56 "
+        "--set batch_size=16 (values in TOML syntax; repeatable)",
+    )
+    p.add_argument("--presets", metavar="FILE", help="preset table to read (default: search_spaces/baseline.toml)")
     p.add_argument("--study", default="baseline", help="study name (default: baseline)")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: a SQLite file under studies/)")
-    p.add_argument("--list", action="store_true", help="list the five presets and exit")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    p.add_argument("--force", action="store_true", help="retrain configs already finished at the same budget")
+    p.add_argument("--list", action="store_true", help="list the presets (with parameter counts of the built models) and exit")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout (progress still goes to stderr)")
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    import tomllib
+
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text  # a bare word such as adam or reference-step
+        overrides[key.strip()] = value
+    return overrides
+
+
+def _select_presets(args: argparse.Namespace) -> list:
+    from ferhpo.config import ConfigError, get_preset, load_presets
+
+    presets = load_presets(args.presets)
+    names = args.only or list(presets)
+    for name in names:
+        if name not in presets:
+            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
+    overrides = _parse_overrides(args.set)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    return [get_preset(name, path=args.presets, **overrides) for name in dict.fromkeys(names)]
+
+
+def _baseline_list(args: argparse.Namespace) -> int:
+    _import_keras()
+    import keras
+
+    from ferhpo.config import load_presets
+    from ferhpo.models import build_model
+
+    rows = []
+    for preset in load_presets(args.presets).values():
+        keras.backend.clear_session(free_memory=False)
+        rows.append(
+            {
+                "name": preset.name,
+                "family": preset.model.family,
+                "depth": preset.model.depth,
+                "params": int(build_model(preset.model).count_params()),
+                "batch_size": preset.train.batch_size,
+                "optimizer": preset.train.optimizer,
+                "learning_rate": preset.train.learning_rate,
+                "epochs": preset.train.epochs,
+                "protocol": preset.protocol,
+                "reported_test_accuracy": preset.reported_test_accuracy,
+                "reported_params": preset.reported_params,
+                "description": preset.description,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<15}{'depth':>6}{'params':>12}{'batch':>7}  {'optimizer':<10}{'protocol':<15}{'reported':>9}")
+    for r in rows:
+        print(
+            f"{r['name']:<15}{r['depth']:>6}{r['params']:>12,}{r['batch_size']:>7}  {r['optimizer']:<10}"
+            f"{r['protocol']:<15}{r['reported_test_accuracy']:>9.4f}"
+        )
+    return 0
+
+
+def _baseline_run(args: argparse.Namespace) -> int:
+    if args.list:
+        return _baseline_list(args)
+    from ferhpo import runs, store
+    from ferhpo.config import get_budget
+
+    presets = _select_presets(args)
+    budget = get_budget(args.budget, epochs=args.epochs, train_limit=args.train_limit)
+    data = _load(args)
+    _import_keras()
+    _quiet_optuna()
+    study = store.open_study(args.study, args.storage)
+    out = sys.stderr if args.json else sys.stdout
+
+    plan = []
+    for preset in presets:
+        train = runs.budgeted(preset.train, budget)
+        protocol = args.protocol or preset.protocol
+        key = runs.run_key(preset.name, preset.model, train, budget, protocol, data.info.fingerprint)
+        done = None if args.force else runs.find_finished(study, key)
+        plan.append((preset, train, protocol, done))
+
+    results, finished = [], []
+    todo = [p for p in plan if p[3] is None]
+    progress = _Progress(total_epochs=sum(p[1].epochs for p in todo), runs=len(todo), out=out)
+    for preset, train, protocol, done in plan:
+        if done is not None:
+            print(f"{preset.name}: already finished at budget {budget.name} ({done.run_id}); skipped (--force retrains)", file=out)
+            results.append(_run_summary(done, skipped=True))
+            continue
+        try:
+            record = runs.train_and_record(
+                study,
+                name=preset.name,
+                kind="baseline",
+                model=preset.model,
+                train=train,
+                data=data,
+                protocol=protocol,
+                budget=budget,
+                callbacks=[progress.callback(preset.name, train.epochs)],
+                reported_test_accuracy=preset.reported_test_accuracy,
+            )
+        except KeyboardInterrupt:
+            progress.close()
+            kept = ", ".join(finished) or "none"
+            print(
+                f"{PROG}: interrupted during {preset.name}; its partial run was discarded; finished and kept in "
+                f"study '{study.study_name}': {kept}; rerun the same command to continue",
+                file=sys.stderr,
+            )
+            return 130
+        finished.append(preset.name)
+        results.append(_run_summary(record, skipped=False))
+        progress.write(_summary_line(record))
+    progress.close()
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def _run_summary(record, *, skipped: bool) -> dict:
+    ev = record.evaluation
+    return {
+        "name": record.run,
+        "run_id": record.run_id,
+        "skipped": skipped,
+        "status": record.status,
+        "budget": record.budget["name"],
+        "epochs": record.epochs_run,
+        "protocol": record.protocol,
+        "best_val_accuracy": record.best_val_accuracy,
+        "test_accuracy": ev.get("test", {}).get("accuracy"),
+        "test_public_accuracy": ev.get("test_public", {}).get("accuracy"),
+        "test_private_accuracy": ev.get("test_private", {}).get("accuracy"),
+        "test_images": ev.get("test", {}).get("n"),
+        "macro_f1": ev.get("test", {}).get("macro_f1"),
+        "reported_test_accuracy": record.reported_test_accuracy,
+        "params": record.params,
+        "wall_seconds": record.wall_seconds,
+        "images_per_second": record.images_per_second,
+        "record": str(Path("studies") / record.study / record.artifacts.get("record", "")),
+    }
+
+
+def _summary_line(record) -> str:
+    s = _run_summary(record, skipped=False)
+    halves = ""
+    if s["test_public_accuracy"] is not None and s["test_private_accuracy"] is not None:
+        halves = f" (public {s['test_public_accuracy']:.4f}, private {s['test_private_accuracy']:.4f})"
+    reported = f"  reported {s['reported_test_accuracy']:.4f}" if s["reported_test_accuracy"] is not None else ""
+    return (
+        f"{s['name']}: {s['budget']} budget, {s['epochs']} epoch(s), best val {s['best_val_accuracy']:.4f}, "
+        f"test {s['test_accuracy']:.4f} on {s['test_images']:,} images{halves}{reported}, "
+        f"{s['params']:,} params, {s['wall_seconds']:.1f} s, {s['images_per_second']:.1f} img/s"
+    )
+
+
+class _Progress:
+    """Two progress bars on stderr: all epochs of the command, and steps of this epoch.
+
+    When stderr is not a terminal (CI, logs), one line per epoch instead.
+    """
+
+    def __init__(self, total_epochs: int, runs: int, out=sys.stdout):
+        from tqdm import tqdm
+
+        self.out = out  # where summary lines go: stdout, or stderr when stdout carries JSON
+        self.interactive = sys.stderr.isatty()
+        self.runs, self.index = runs, 0
+        self.overall = tqdm(total=total_epochs, desc="all runs", unit="epoch", position=0, disable=not self.interactive)
+
+    def write(self, line: str) -> None:
+        if self.interactive:
+            self.overall.write(line, file=self.out)
+        else:
+            print(line, file=self.out, flush=True)
+
+    def close(self) -> None:
+        self.overall.close()
+
+    def callback(self, name: str, epochs: int):
+        import keras
+        from tqdm import tqdm
+
+        self.index += 1
+        owner, label = self, f"[{self.index}/{self.runs}] {name}"
+
+        class Callback(keras.callbacks.Callback):
+            bar = None
+
+            def on_epoch_begin(self, epoch, logs=None):
+                if owner.interactive:
+                    self.bar = tqdm(
+                        total=self.params.get("steps"), desc=f"{label} epoch {epoch + 1}/{epochs}",
+                        unit="batch", position=1, leave=False,
+                    )
+
+            def on_train_batch_end(self, batch, logs=None):
+                if self.bar is not None:
+                    self.bar.update(1)
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                if self.bar is not None:
+                    self.bar.close()
+                    self.bar = None
+                owner.overall.update(1)
+                if not owner.interactive:
+                    metrics = "  ".join(
+                        f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs
+                    )
+                    print(f"{label} epoch {epoch + 1}/{epochs}  {metrics}", file=sys.stderr, flush=True)
+
+        return Callback()
 
 
 def _search_arguments(p: argparse.ArgumentParser) -> None:
@@ -220,7 +500,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 COMMANDS = (
     Command("data", "inspect the FER2013 data: format, counts, fingerprint, cache, splits", _data_arguments, _data_run),
-    Command("baseline", "reproduce the five reference configurations", _baseline_arguments, _not_yet("issue #3")),
+    Command("baseline", "reproduce the five reference configurations", _baseline_arguments, _baseline_run),
     Command("search", "search DenseNet/ResNet architectures and training recipes", _search_arguments, _not_yet("issue #4")),
     Command("report", "rank a study's trials against the baselines", _report_arguments, _not_yet("issue #5")),
     Command("bench", "measure training and inference throughput", _bench_arguments, _not_yet("issue #6")),
@@ -245,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code (never raises for user errors)."""
+    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) is not for users.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         args = build_parser().parse_args(argv)
         return args._run(args)

@@ -547,6 +547,32 @@ def make_splits(data: FER2013, protocol: str = "holdout", seed: int = 0) -> Spli
     )
 
 
+def limit_splits(
+    splits: Splits, *, train: int | None = None, val: int | None = None, test: int | None = None, seed: int = 0
+) -> Splits:
+    """Seeded subsamples of at most `train`/`val`/`test` images (the smoke and quick budgets).
+
+    The test halves keep only the images of the test subsample, so every number a
+    limited run reports is on images it was evaluated on.
+    """
+    rng = np.random.default_rng([seed, 7])
+
+    def take(indices: np.ndarray, n: int | None) -> np.ndarray:
+        if n is None or n >= len(indices):
+            return indices
+        return np.sort(rng.choice(indices, size=n, replace=False))
+
+    test_idx = take(splits.test, test)
+    return replace(
+        splits,
+        train=take(splits.train, train),
+        val=take(splits.val, val),
+        test=test_idx,
+        test_public=np.intersect1d(splits.test_public, test_idx),
+        test_private=np.intersect1d(splits.test_private, test_idx),
+    )
+
+
 def summary(data: FER2013) -> dict:
     """A JSON-ready description of a loaded dataset (what `ferhpo data summary` prints)."""
     info = data.info

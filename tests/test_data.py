@@ -248,3 +248,14 @@ def test_canonical_validates_on_public_test(split_data):
 def test_unknown_protocol(split_data):
     with pytest.raises(DataError, match="unknown split protocol 'x'; expected one of seed-densenet"):
         make_splits(split_data, "x")
+
+
+def test_limit_splits_is_seeded_and_consistent(split_data):
+    full = make_splits(split_data, "canonical", seed=0)
+    small = fd.limit_splits(full, train=10, val=5, test=12, seed=4)
+    assert small.sizes()["train"] == 10 and len(small.val) == 5 and len(small.test) == 12
+    assert set(small.train) <= set(full.train) and set(small.val) <= set(full.val)
+    assert set(small.test_public) | set(small.test_private) == set(small.test)
+    again = fd.limit_splits(full, train=10, val=5, test=12, seed=4)
+    assert np.array_equal(again.train, small.train) and np.array_equal(again.test, small.test)
+    assert fd.limit_splits(full, train=10_000).sizes() == full.sizes()

@@ -1,0 +1,616 @@
+"""Frozen configurations for models and training, and the reference preset table.
+
+Everything here is plain data: the model builders turn a model config into a
+``keras.Model`` and the trainer turns a ``TrainConfig`` into a recipe. The
+module imports the standard library only, so search code and the CLI can
+validate and print configurations without importing Keras.
+
+Each config checks itself in ``__post_init__``: an invalid one cannot be
+constructed, and the ``ConfigError`` says which rule failed and what value was
+received.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from ferhpo.errors import ConfigError
+
+__all__ = [
+    "HEADS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "DenseNetConfig",
+    "ResNetConfig",
+    "TrainConfig",
+    "Preset",
+    "ModelConfig",
+    "reference_lr",
+    "Budget",
+    "BUDGETS",
+    "get_budget",
+    "model_config_to_dict",
+    "model_config_from_dict",
+    "default_presets_path",
+    "load_presets",
+    "get_preset",
+]
+
+#: Classifier heads: "avg4" is the reference 4x4 average pooling + flatten,
+#: "gap" is global average pooling.
+HEADS = ("avg4", "gap")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+#: "reference-step" is `reference_lr`; "constant" keeps the base learning rate.
+SCHEDULES = ("reference-step", "constant")
+
+# The reference step schedule (Keras cifar10_resnet `lr_schedule`): after each
+# epoch threshold the base rate is multiplied by the factor, later rows winning.
+_REFERENCE_STEPS = ((80, 1e-1), (120, 1e-2), (160, 1e-3), (180, 0.5e-3))
+
+
+# --------------------------------------------------------------------------
+# Field checks shared by the configs. Each returns the (normalised) value or
+# raises ConfigError stating the rule and the value received.
+
+
+def _int(owner: str, name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{owner} {name} must be {rule}, but got {name}={value!r}")
+    return value
+
+
+def _float(owner: str, name: str, value: Any) -> float:
+    # TOML and users write `1` for `1.0`; accept ints, reject bools and NaN/inf.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{owner} {name} must be a finite number, but got {name}={value!r}")
+    return float(value)
+
+
+def _bool(owner: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{owner} {name} must be true or false, but got {name}={value!r}")
+    return value
+
+
+def _choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        known = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{owner} {name} must be one of {known}, but got {name}={value!r}")
+    return value
+
+
+def _input_shape(owner: str, value: Any) -> tuple[int, int, int]:
+    # Lists come from TOML; store a tuple so the config stays hashable.
+    if isinstance(value, list):
+        value = tuple(value)
+    if (
+        not isinstance(value, tuple)
+        or len(value) != 3
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
+    ):
+        raise ConfigError(
+            f"{owner} input_shape must be (height, width, channels) of positive integers "
+            f"(channels last), but got input_shape={value!r}"
+        )
+    return value
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    # Frozen dataclasses forbid assignment; normalising in __post_init__ is the
+    # documented exception.
+    object.__setattr__(obj, name, value)
+
+
+# --------------------------------------------------------------------------
+# Model configurations
+
+
+@dataclass(frozen=True, kw_only=True)
+class DenseNetConfig:
+    """A DenseNet(-BC) for small images, in the style of the classic Keras DenseNet.
+
+    Stem BN-ReLU-Conv3x3 (``stem_width`` filters) concatenated with the input
+    image, ``num_blocks`` dense blocks of ``layers_per_block`` layers adding
+    ``growth_rate`` channels each, transitions (BN-Conv1x1 to
+    ``transition_filters``, 2x2 average pooling) between blocks, then the head.
+    ``dropout`` (off by default; the reference uses 0.2 only when augmentation
+    is off) follows each convolution inside the dense layers.
+    """
+
+    family: ClassVar[str] = "densenet"
+
+    growth_rate: int = 12
+    compression: float = 0.5
+    num_blocks: int = 4
+    layers_per_block: int = 12
+    bottleneck: bool = True
+    dropout: float = 0.0
+    stem_filters: int | None = None
+    head: str = "avg4"
+    input_shape: tuple[int, int, int] = (48, 48, 1)
+    num_classes: int = 7
+
+    def __post_init__(self) -> None:
+        owner = "DenseNet"
+        _int(owner, "growth_rate", self.growth_rate)
+        _int(owner, "num_blocks", self.num_blocks)
+        _int(owner, "layers_per_block", self.layers_per_block)
+        _bool(owner, "bottleneck", self.bottleneck)
+        if self.stem_filters is not None:
+            _int(owner, "stem_filters", self.stem_filters)
+        _choice(owner, "head", self.head, HEADS)
+        _int(owner, "num_classes", self.num_classes, minimum=2)
+        _set(self, "input_shape", _input_shape(owner, self.input_shape))
+
+        compression = _float(owner, "compression", self.compression)
+        if not 0.0 < compression <= 1.0:
+            raise ConfigError(
+                f"DenseNet compression must be in (0, 1], but got compression={self.compression!r}"
+            )
+        _set(self, "compression", compression)
+
+        dropout = _float(owner, "dropout", self.dropout)
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"DenseNet dropout must be in [0, 1), but got dropout={self.dropout!r}")
+        _set(self, "dropout", dropout)
+
+        # Each transition halves the map with a floor (2x2 valid pooling); the
+        # avg4 head then needs at least a 4x4 map, gap at least 1x1.
+        halvings = self.num_blocks - 1
+        need = (4 if self.head == "avg4" else 1) * 2**halvings
+        height, width = self.input_shape[:2]
+        if min(height, width) < need:
+            raise ConfigError(
+                f"DenseNet with num_blocks={self.num_blocks} and head={self.head!r} needs input "
+                f"height and width of at least {need} ({halvings} transitions halve the map, and "
+                f"the head needs a {'4x4' if self.head == 'avg4' else '1x1'} map), but got "
+                f"input_shape={self.input_shape!r}"
+            )
+
+        widths = self._transition_widths()
+        if widths and min(widths) < 1:
+            raise ConfigError(
+                f"DenseNet compression leaves a transition with no filters "
+                f"(int((filters + layers_per_block * growth_rate) * compression) must be >= 1), "
+                f"but got compression={self.compression!r}, transition widths {widths}"
+            )
+
+    @property
+    def stem_width(self) -> int:
+        """Filters of the stem convolution (``stem_filters``, default 2 x growth)."""
+        return 2 * self.growth_rate if self.stem_filters is None else self.stem_filters
+
+    @property
+    def transition_filters(self) -> tuple[int, ...]:
+        """Output width of each transition: int((filters + L * k) * compression).
+
+        ``filters`` starts at the stem width and is then the previous
+        transition's width; the channel concatenated from the input image is not
+        counted (the reference convention the parameter counts depend on).
+        """
+        return self._transition_widths()
+
+    def _transition_widths(self) -> tuple[int, ...]:
+        widths = []
+        filters = self.stem_width
+        for _ in range(self.num_blocks - 1):
+            filters = int((filters + self.layers_per_block * self.growth_rate) * self.compression)
+            widths.append(filters)
+        return tuple(widths)
+
+    @property
+    def depth(self) -> int:
+        """Nominal depth: convolutions inside dense blocks + 4.
+
+        This is the DenseNet paper's count for 3 blocks (stem conv, two
+        transitions, classifier) applied unchanged to any number of blocks,
+        which is how the study names its 4 x 12 bottleneck model "depth 100".
+        """
+        per_layer = 2 if self.bottleneck else 1
+        return self.num_blocks * self.layers_per_block * per_layer + 4
+
+    @classmethod
+    def from_depth(cls, depth: int, **fields: Any) -> DenseNetConfig:
+        """Build a config whose ``layers_per_block`` is derived from a nominal ``depth``."""
+        if "layers_per_block" in fields:
+            raise ConfigError(
+                "DenseNetConfig.from_depth derives layers_per_block from depth; "
+                f"pass one or the other, but got layers_per_block={fields['layers_per_block']!r}"
+            )
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        num_blocks = _int("DenseNet", "num_blocks", fields.get("num_blocks", defaults["num_blocks"]))
+        bottleneck = _bool("DenseNet", "bottleneck", fields.get("bottleneck", defaults["bottleneck"]))
+        step = num_blocks * (2 if bottleneck else 1)
+        _int("DenseNet", "depth", depth)
+        if depth < step + 4 or (depth - 4) % step:
+            examples = ", ".join(str(step * n + 4) for n in (1, 2, 3))
+            kind = "2L" if bottleneck else "L"
+            raise ConfigError(
+                f"DenseNet depth must be num_blocks * {kind} + 4 with L >= 1 layers per block "
+                f"(for num_blocks={num_blocks}, bottleneck={bottleneck}: {examples}, ...), "
+                f"but got depth={depth!r}"
+            )
+        return cls(layers_per_block=(depth - 4) // step, **fields)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResNetConfig:
+    """A CIFAR-style ResNet (Keras example ``cifar10_resnet``) for small images.
+
+    Version 1 stacks basic blocks (depth 6n+2), version 2 pre-activation
+    bottleneck blocks (depth 9n+2); both have three stages of n blocks, the
+    last two starting with stride 2. ``l2`` regularises the convolution kernels.
+    """
+
+    family: ClassVar[str] = "resnet"
+
+    version: int = 1
+    depth: int = 20
+    base_filters: int = 16
+    l2: float = 1e-4
+    head: str = "avg4"
+    input_shape: tuple[int, int, int] = (48, 48, 1)
+    num_classes: int = 7
+
+    def __post_init__(self) -> None:
+        owner = "ResNet"
+        if self.version not in (1, 2) or isinstance(self.version, bool):
+            raise ConfigError(f"ResNet version must be 1 or 2, but got version={self.version!r}")
+        _int(owner, "depth", self.depth)
+        _int(owner, "base_filters", self.base_filters)
+        _choice(owner, "head", self.head, HEADS)
+        _int(owner, "num_classes", self.num_classes, minimum=2)
+        _set(self, "input_shape", _input_shape(owner, self.input_shape))
+
+        # v1: two 3x3 convs per block; v2: three convs per bottleneck block;
+        # plus stem conv and classifier.
+        per_block = 6 if self.version == 1 else 9
+        if self.depth < per_block + 2 or (self.depth - 2) % per_block:
+            examples = ", ".join(str(per_block * n + 2) for n in (1, 2, 3))
+            raise ConfigError(
+                f"ResNet v{self.version} depth must be {per_block}n+2 ({examples}, ...), "
+                f"but got depth={self.depth!r}"
+            )
+
+        l2 = _float(owner, "l2", self.l2)
+        if l2 < 0:
+            raise ConfigError(f"ResNet l2 must be >= 0, but got l2={self.l2!r}")
+        _set(self, "l2", l2)
+
+        # Two stride-2 stages with "same" padding leave ceil(h / 4).
+        height, width = self.input_shape[:2]
+        if self.head == "avg4" and min(height, width) < 13:
+            raise ConfigError(
+                "ResNet with head='avg4' needs input height and width of at least 13 "
+                "(two stride-2 stages leave ceil(h / 4), and the 4x4 pooling needs a 4x4 map), "
+                f"but got input_shape={self.input_shape!r}"
+            )
+
+    @property
+    def blocks_per_stage(self) -> int:
+        """n: residual blocks in each of the three stages."""
+        return (self.depth - 2) // (6 if self.version == 1 else 9)
+
+
+ModelConfig = DenseNetConfig | ResNetConfig
+_MODEL_CLASSES: dict[str, type[DenseNetConfig] | type[ResNetConfig]] = {
+    DenseNetConfig.family: DenseNetConfig,
+    ResNetConfig.family: ResNetConfig,
+}
+
+
+# --------------------------------------------------------------------------
+# Training recipe
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The training recipe: optimizer, schedule, augmentation and regularisation.
+
+    Defaults are the reference recipe: 200 epochs, the step schedule of
+    `reference_lr`, ReduceLROnPlateau (factor sqrt(0.1), patience 5, min_lr
+    0.5e-6), and augmentation by random shifts of 10% and horizontal flips.
+    """
+
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 200
+    schedule: str = "reference-step"
+    plateau: bool = True
+    plateau_factor: float = math.sqrt(0.1)
+    plateau_patience: int = 5
+    plateau_min_lr: float = 0.5e-6
+    augmentation: bool = True
+    shift: float = 0.1
+    hflip: bool = True
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        owner = "TrainConfig"
+        _choice(owner, "optimizer", self.optimizer, OPTIMIZERS)
+        _choice(owner, "schedule", self.schedule, SCHEDULES)
+        _int(owner, "batch_size", self.batch_size)
+        _int(owner, "epochs", self.epochs)
+        _int(owner, "plateau_patience", self.plateau_patience, minimum=0)
+        _int(owner, "seed", self.seed, minimum=0)
+        for name in ("plateau", "augmentation", "hflip"):
+            _bool(owner, name, getattr(self, name))
+
+        # (name, lower bound, lower inclusive, upper bound, upper inclusive)
+        ranges = (
+            ("learning_rate", 0.0, False, math.inf, False),
+            ("plateau_factor", 0.0, False, 1.0, False),
+            ("plateau_min_lr", 0.0, True, math.inf, False),
+            ("shift", 0.0, True, 1.0, False),
+            ("weight_decay", 0.0, True, math.inf, False),
+            ("label_smoothing", 0.0, True, 1.0, False),
+        )
+        for name, low, low_in, high, high_in in ranges:
+            raw = getattr(self, name)
+            value = _float(owner, name, raw)
+            if not ((value >= low) if low_in else (value > low)) or not (
+                (value <= high) if high_in else (value < high)
+            ):
+                if high == math.inf:
+                    rule = f"{'>=' if low_in else '>'} {low:g}"
+                else:
+                    rule = f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+                raise ConfigError(f"{owner} {name} must be {rule}, but got {name}={raw!r}")
+            _set(self, name, value)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of a recipe a run spends: epochs and images per split (None: all).
+
+    "full" is the reference recipe; "quick" and "smoke" are reductions for machines
+    without an accelerator. Limits take seeded subsamples (`ferhpo.data.limit_splits`),
+    and every record says which budget produced it.
+    """
+
+    name: str
+    epochs: int | None = None
+    train_limit: int | None = None
+    val_limit: int | None = None
+    test_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "train_limit", "val_limit", "test_limit"):
+            if getattr(self, name) is not None:
+                _int("Budget", name, getattr(self, name))
+
+    def describe(self) -> str:
+        parts = [f"{self.epochs} epochs" if self.epochs else "the recipe's epochs"]
+        for split in ("train", "val", "test"):
+            limit = getattr(self, f"{split}_limit")
+            parts.append(f"{split} {'all' if limit is None else f'<= {limit:,}'}")
+        return ", ".join(parts)
+
+
+BUDGETS = {
+    "smoke": Budget("smoke", epochs=1, train_limit=128, val_limit=128, test_limit=256),
+    "quick": Budget("quick", epochs=10, train_limit=4096, val_limit=1024),
+    "full": Budget("full"),
+}
+
+
+def get_budget(name: str, *, epochs: int | None = None, train_limit: int | None = None) -> Budget:
+    """A named budget, with the command line's --epochs / --train-limit on top."""
+    if name not in BUDGETS:
+        raise ConfigError(f"unknown budget {name!r}; known budgets: {', '.join(BUDGETS)}")
+    budget = BUDGETS[name]
+    changes = {k: v for k, v in (("epochs", epochs), ("train_limit", train_limit)) if v is not None}
+    return dataclasses.replace(budget, **changes) if changes else budget
+
+
+def reference_lr(epoch: int, base_lr: float = 1e-3) -> float:
+    """Learning rate of the reference step schedule for a 0-based ``epoch``.
+
+    The Keras cifar10_resnet convention: ``base_lr`` multiplied by 0.1 when
+    epoch > 80, 0.01 when > 120, 0.001 when > 160 and 0.0005 when > 180.
+    """
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ConfigError(f"reference_lr epoch must be an integer >= 0, but got epoch={epoch!r}")
+    factor = 1.0
+    for threshold, step_factor in _REFERENCE_STEPS:
+        if epoch > threshold:
+            factor = step_factor
+    return base_lr * factor
+
+
+# --------------------------------------------------------------------------
+# Presets
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset:
+    """A reference configuration of the study, with the numbers it reported.
+
+    ``reported_*`` describe the unmodified reference; they are not updated when
+    `get_preset` overrides architecture fields.
+    """
+
+    name: str
+    model: ModelConfig
+    train: TrainConfig
+    protocol: str
+    reported_test_accuracy: float
+    reported_params: int
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        owner = "Preset"
+        for name in ("name", "protocol"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{owner} {name} must be a non-empty string, but got {name}={value!r}")
+        if not isinstance(self.description, str):
+            raise ConfigError(
+                f"{owner} description must be a string, but got description={self.description!r}"
+            )
+        if not isinstance(self.model, (DenseNetConfig, ResNetConfig)):
+            raise ConfigError(
+                f"{owner} model must be a DenseNetConfig or ResNetConfig, but got model={self.model!r}"
+            )
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(f"{owner} train must be a TrainConfig, but got train={self.train!r}")
+        accuracy = _float(owner, "reported_test_accuracy", self.reported_test_accuracy)
+        if not 0.0 <= accuracy <= 1.0:
+            raise ConfigError(
+                f"{owner} reported_test_accuracy must be in [0, 1], "
+                f"but got reported_test_accuracy={self.reported_test_accuracy!r}"
+            )
+        _set(self, "reported_test_accuracy", accuracy)
+        _int(owner, "reported_params", self.reported_params)
+
+
+_PRESET_FILE = "baseline.toml"
+_PRESET_KEYS = ("description", "protocol", "reported_test_accuracy", "reported_params", "model", "train")
+
+
+def default_presets_path() -> Path:
+    """Where the preset table lives: inside the package if packaging copied it
+    there (``ferhpo/search_spaces``), else the repository's ``search_spaces``."""
+    package_dir = Path(__file__).resolve().parent
+    candidates = (
+        package_dir / "search_spaces" / _PRESET_FILE,
+        package_dir.parent / "search_spaces" / _PRESET_FILE,
+    )
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"preset table {_PRESET_FILE} not found; looked in: {tried}")
+
+
+def _table(what: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a table, but got {value!r}")
+    return value
+
+
+def _check_keys(section: str, table: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in {section}; known keys: {', '.join(known)}")
+
+
+def model_config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    """Plain data for a model config (its ``family`` plus every field), e.g. to save
+    beside a run's results; `model_config_from_dict` rebuilds the same config."""
+    if not isinstance(config, (DenseNetConfig, ResNetConfig)):
+        raise ConfigError(f"expected a DenseNetConfig or ResNetConfig, but got {config!r}")
+    return {"family": config.family, **dataclasses.asdict(config)}
+
+
+def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
+    """Rebuild a model config from ``{"family": ..., <fields>}``; unknown keys are errors."""
+    fields = dict(data)
+    family = fields.pop("family", None)
+    if family not in _MODEL_CLASSES:
+        known = ", ".join(repr(f) for f in _MODEL_CLASSES)
+        raise ConfigError(f"model family must be one of {known}, but got family={family!r}")
+    model_cls = _MODEL_CLASSES[family]
+    _check_keys("model", fields, ("family",) + tuple(f.name for f in dataclasses.fields(model_cls)))
+    return model_cls(**fields)
+
+
+def _parse_preset(path: Path, name: str, raw: Any) -> Preset:
+    where = f"{path}: preset {name!r}"
+    try:
+        raw = _table("the preset", raw)
+        _check_keys("the preset", raw, _PRESET_KEYS)
+        required = [key for key in _PRESET_KEYS if key != "description"]
+        missing = [key for key in required if key not in raw]
+        if missing:
+            raise ConfigError(f"missing key {missing[0]!r}; a preset needs {', '.join(required)}")
+        model = model_config_from_dict(_table("model", raw["model"]))
+        train_raw = _table("train", raw["train"])
+        _check_keys("train", train_raw, tuple(f.name for f in dataclasses.fields(TrainConfig)))
+        return Preset(
+            name=name,
+            model=model,
+            train=TrainConfig(**train_raw),
+            protocol=raw["protocol"],
+            reported_test_accuracy=raw["reported_test_accuracy"],
+            reported_params=raw["reported_params"],
+            description=raw.get("description", ""),
+        )
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def load_presets(path: str | Path | None = None) -> dict[str, Preset]:
+    """Read the preset table (default: `default_presets_path`) into ``{name: Preset}``.
+
+    The file holds one ``[presets."<name>"]`` table per preset with inline
+    ``model`` and ``train`` tables; unknown keys are errors, not ignored, so a
+    typo cannot silently fall back to a default.
+    """
+    path = Path(path) if path is not None else default_presets_path()
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"preset table not found: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+
+    try:
+        _check_keys("the top level", document, ("presets",))
+        presets = _table("presets", document.get("presets", {}))
+        if not presets:
+            raise ConfigError('no presets defined; expected [presets."<name>"] tables')
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return {name: _parse_preset(path, name, raw) for name, raw in presets.items()}
+
+
+def get_preset(name: str, *, path: str | Path | None = None, **overrides: Any) -> Preset:
+    """Return preset ``name``, with ``overrides`` applied by `dataclasses.replace`.
+
+    An override may name a field of the preset's model config, of its
+    ``TrainConfig``, or of the ``Preset`` itself (the three sets do not
+    overlap), e.g. ``get_preset("densenet-c0.5", compression=0.6, batch_size=16)``.
+    The result is validated like any other config.
+    """
+    presets = load_presets(path)
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
+    preset = presets[name]
+
+    # A whole replacement model decides which field names are model fields.
+    base_model = overrides.get("model", preset.model)
+    if not isinstance(base_model, (DenseNetConfig, ResNetConfig)):
+        base_model = preset.model  # Preset validation reports the bad value below
+    model_fields = {f.name for f in dataclasses.fields(base_model)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    preset_fields = {f.name for f in dataclasses.fields(Preset)} - {"name"}
+    model_changes, train_changes, preset_changes = {}, {}, {}
+    for key, value in overrides.items():
+        if key in model_fields:
+            model_changes[key] = value
+        elif key in train_fields:
+            train_changes[key] = value
+        elif key in preset_fields:
+            preset_changes[key] = value
+        else:
+            known = ", ".join(sorted(model_fields | train_fields | preset_fields))
+            raise ConfigError(f"unknown override {key!r} for preset {name!r}; known fields: {known}")
+
+    # Whole-object overrides (model=..., train=...) apply first, field overrides on top.
+    preset = dataclasses.replace(preset, **preset_changes)
+    if model_changes:
+        preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, **model_changes))
+    if train_changes:
+        preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, **train_changes))
+    return preset

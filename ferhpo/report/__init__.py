@@ -1,0 +1,1 @@
+"""Reports: ranking, statistics and figures, from the results store only (never keras)."""

@@ -1,0 +1,134 @@
+"""Train one configuration and record it: the step baseline runs and search trials share.
+
+`train_and_record` calls the one fit function, writes the run's artifacts under
+`studies/<study>/<run_id>/` (weights, test predictions, learning curve, record JSON,
+each atomically), then adds the record to the study in one transaction. An
+interrupted or failed run leaves neither a record nor an artifact folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from ferhpo import store
+from ferhpo.atomic import atomic_open, write_json
+from ferhpo.config import Budget, ModelConfig, TrainConfig, model_config_to_dict
+from ferhpo.data import FER2013, Splits, limit_splits, make_splits
+from ferhpo.report.figures import learning_curve
+
+
+def budgeted(train: TrainConfig, budget: Budget) -> TrainConfig:
+    """The recipe with the budget's epochs."""
+    return dataclasses.replace(train, epochs=budget.epochs) if budget.epochs else train
+
+
+def budget_splits(data: FER2013, protocol: str, budget: Budget, seed: int) -> Splits:
+    splits = make_splits(data, protocol, seed)
+    return limit_splits(splits, train=budget.train_limit, val=budget.val_limit, test=budget.test_limit, seed=seed)
+
+
+def run_key(name: str, model: ModelConfig, train: TrainConfig, budget: Budget, protocol: str, fingerprint: str) -> str:
+    """Identifies a result: equal keys mean the same configuration trained the same way."""
+    payload = {
+        "name": name,
+        "model": model_config_to_dict(model),
+        "train": dataclasses.asdict(train),
+        "budget": dataclasses.asdict(budget),
+        "protocol": protocol,
+        "data": fingerprint,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def find_finished(study, key: str) -> store.RunRecord | None:
+    """The latest complete record with this key, if any."""
+    done = [r for r in store.records(study, states=("complete",)) if r.run_key == key]
+    return done[-1] if done else None
+
+
+def train_and_record(
+    study,
+    *,
+    name: str,
+    kind: str,
+    model: ModelConfig,
+    train: TrainConfig,
+    data: FER2013,
+    protocol: str,
+    budget: Budget,
+    callbacks=(),
+    verbose: int | str = 0,
+    reported_test_accuracy: float | None = None,
+    root: Path = store.STUDIES_DIR,
+) -> store.RunRecord:
+    """Train `model` with `train` (already `budgeted`) on `budget`'s splits; record it in `study`."""
+    from ferhpo import training  # keras loads here, not when the CLI starts
+
+    splits = budget_splits(data, protocol, budget, train.seed)
+    key = run_key(name, model, train, budget, protocol, data.info.fingerprint)
+    run_id = f"{name}-{budget.name}-{uuid.uuid4().hex[:8]}"
+    folder = store.run_dir(study.study_name, run_id, root)
+    try:
+        result = training.fit(
+            model, train, data, splits, callbacks=list(callbacks), checkpoint=folder / "best.weights.h5", verbose=verbose
+        )
+        artifacts = {"dir": run_id, "weights": f"{run_id}/best.weights.h5"}
+        if result.test_predictions is not None:
+            with atomic_open(folder / "test_predictions.npz") as f:
+                np.savez(
+                    f,
+                    files=data.files[splits.test],
+                    labels=data.labels[splits.test],
+                    predictions=result.test_predictions.astype(np.int8),
+                )
+            artifacts["test_predictions"] = f"{run_id}/test_predictions.npz"
+        learning_curve(
+            result.history,
+            folder / "learning_curve.png",
+            title=f"{name} ({budget.name} budget, {protocol} protocol)",
+            best_epoch=result.best_epoch,
+        )
+        artifacts["learning_curve"] = f"{run_id}/learning_curve.png"
+        artifacts["record"] = f"{run_id}/record.json"
+        record = store.RunRecord(
+            study=study.study_name,
+            run=name,
+            run_key=key,
+            run_id=run_id,
+            kind=kind,
+            status="complete",
+            family=model.family,
+            model=model_config_to_dict(model),
+            train=dataclasses.asdict(train),
+            budget=dataclasses.asdict(budget),
+            protocol=protocol,
+            split_seed=train.seed,
+            selection_sees=list(splits.selection_sees),
+            data_fingerprint=data.info.fingerprint,
+            history=result.history,
+            epochs_run=result.epochs_run,
+            best_epoch=result.best_epoch,
+            best_val_accuracy=result.best_val_accuracy,
+            evaluation=result.evaluation,
+            params=result.params,
+            train_images=result.train_images,
+            wall_seconds=result.wall_seconds,
+            train_seconds=result.train_seconds,
+            images_per_second=result.images_per_second,
+            environment=store.environment(),
+            artifacts=artifacts,
+            reported_test_accuracy=reported_test_accuracy,
+        )
+        write_json(folder / "record.json", record.to_dict())
+        store.add_record(study, record)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return record

@@ -1,0 +1,199 @@
+"""The results store: one record schema for baseline runs and search trials.
+
+Records live in an Optuna storage (a SQLite file under `studies/` by default, any
+Optuna URL such as PostgreSQL for several machines): one Optuna trial per run, its
+value the validation objective, the whole `RunRecord` as the user attribute
+"ferhpo.record". Per-run artifacts (record JSON, weights, test predictions, learning
+curve) lie under `studies/<study>/<run>/`. A finished run enters the storage in one
+transaction (`add_record`), so a crash never leaves half a record.
+
+This module imports optuna but never keras: reports read it anywhere, in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ferhpo.errors import StoreError
+
+SCHEMA = 1
+RECORD_ATTR = "ferhpo.record"
+STUDIES_DIR = Path("studies")
+DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR.as_posix()}/ferhpo.db"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything one run measured, and enough configuration to rebuild and retrain it.
+
+    `evaluation` maps "val", "test", "test_public", "test_private" to the metrics of
+    `ferhpo.training.classification_metrics`. `selection_sees` names the test subsets
+    the validation split overlapped: their numbers are not clean test numbers.
+    """
+
+    study: str
+    run: str  # preset name for baselines, "trial-<n>" for search trials
+    run_key: str  # hash of everything that decides the result (config, budget, data, seed)
+    run_id: str  # this attempt's artifact folder under studies/<study>/
+    kind: str  # "baseline" or "trial"
+    status: str  # "complete", "pruned" or "failed"
+    family: str
+    model: dict[str, Any]
+    train: dict[str, Any]
+    budget: dict[str, Any]  # name, epochs, train_limit, val_limit, test_limit
+    protocol: str
+    split_seed: int
+    selection_sees: list[str]
+    data_fingerprint: str
+    history: dict[str, list[float]]
+    epochs_run: int
+    best_epoch: int
+    best_val_accuracy: float
+    evaluation: dict[str, dict]
+    params: int
+    train_images: int
+    wall_seconds: float
+    train_seconds: float
+    images_per_second: float
+    environment: dict[str, str]
+    artifacts: dict[str, str] = field(default_factory=dict)  # paths relative to the study folder
+    reported_test_accuracy: float | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)  # engine, sampler, pruner, ...
+    error: str = ""
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    schema: int = SCHEMA
+
+    @property
+    def test_accuracy(self) -> float | None:
+        test = self.evaluation.get("test")
+        return None if test is None else test["accuracy"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunRecord:
+        if raw.get("schema") != SCHEMA:
+            raise StoreError(f"record schema {raw.get('schema')!r} is not supported; expected {SCHEMA}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(n for n in names if n not in raw and _required(n))
+        if missing:
+            raise StoreError(f"record {raw.get('run', '?')!r} lacks field(s) {', '.join(missing)}")
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+def _required(name: str) -> bool:
+    f = next(f for f in dataclasses.fields(RunRecord) if f.name == name)
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def storage_url(url: str | None = None) -> str:
+    """The given URL, else $FERHPO_STORAGE, else the SQLite file under studies/."""
+    return url or os.environ.get("FERHPO_STORAGE") or DEFAULT_STORAGE
+
+
+def open_storage(url: str | None = None):
+    """An Optuna RDB storage; StoreError (one line) when it cannot be opened."""
+    import optuna
+    import sqlalchemy.exc
+
+    url = storage_url(url)
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder of storage {url} ({exc.strerror}); expected a writable path") from None
+        if path.is_dir():
+            raise StoreError(f"storage {url} names a folder; expected a SQLite file path")
+    elif "://" not in url:
+        raise StoreError(f"storage {url!r} is not a URL; expected e.g. sqlite:///studies/ferhpo.db or postgresql://user@host/db")
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=None, skip_compatibility_check=False)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise StoreError(f"cannot open storage {url}: {reason}; expected a reachable, writable Optuna storage") from None
+
+
+def open_study(name: str, url: str | None = None, *, create: bool = True, direction: str = "maximize"):
+    """Load study `name`; create it when `create`, else StoreError if it does not exist."""
+    import optuna
+
+    storage = open_storage(url)
+    if create:
+        return optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        known = [s.study_name for s in storage.get_all_studies()]
+        listed = ", ".join(known) if known else "none"
+        raise StoreError(f"no study {name!r} in {storage_url(url)}; studies there: {listed}") from None
+
+
+def add_record(study, record: RunRecord, value: float | None = None) -> int:
+    """Insert a finished run as one Optuna trial (one transaction); return its number.
+
+    The trial's value is `value` (default: best validation accuracy) and its
+    intermediate values are the per-epoch validation accuracies, so Optuna's own
+    tools (optuna-dashboard, pruners' statistics) see the curves.
+    """
+    import optuna
+
+    state = {
+        "complete": optuna.trial.TrialState.COMPLETE,
+        "pruned": optuna.trial.TrialState.PRUNED,
+        "failed": optuna.trial.TrialState.FAIL,
+    }[record.status]
+    curve = record.history.get("val_accuracy", [])
+    trial = optuna.trial.create_trial(
+        state=state,
+        value=(record.best_val_accuracy if value is None else value) if state == optuna.trial.TrialState.COMPLETE else None,
+        params={},
+        distributions={},
+        user_attrs={RECORD_ATTR: record.to_dict(), "run": record.run, "kind": record.kind},
+        intermediate_values={i + 1: v for i, v in enumerate(curve) if v == v},  # drop NaN
+    )
+    study.add_trial(trial)
+    return study.trials[-1].number
+
+
+def records(study, *, states: tuple[str, ...] = ("complete", "pruned", "failed")) -> list[RunRecord]:
+    """Every run recorded in `study`, oldest first."""
+    out = []
+    for trial in study.get_trials(deepcopy=False):
+        raw = trial.user_attrs.get(RECORD_ATTR)
+        if raw is not None and raw.get("status") in states:
+            out.append(RunRecord.from_dict(raw))
+    return out
+
+
+def run_dir(study_name: str, run: str, root: Path = STUDIES_DIR) -> Path:
+    """The artifact folder of one run: studies/<study>/<run>/."""
+    return root / study_name / run
+
+
+def environment() -> dict[str, str]:
+    """Backend and library versions, for the record (imports what is already loaded)."""
+    import platform
+    import sys
+    from importlib import metadata
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine()}
+    for package in ("ferhpo", "keras", "tensorflow", "jax", "torch", "numpy", "optuna", "keras-tuner"):
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        env["backend"] = keras.backend.backend()
+    return env
