@@ -7,9 +7,7 @@ trained for one step on a tiny model so the file stays fast on a small CPU.
 
 from __future__ import annotations
 
-import ast
 import json
-import sys
 from pathlib import Path
 
 import keras
@@ -361,30 +359,3 @@ def test_missing_preset_file(tmp_path):
 )
 def test_reference_lr(epoch, lr):
     assert reference_lr(epoch, base_lr=1e-3) == pytest.approx(lr)
-
-
-# ---------------------------------------------------------------- layering
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-    return found
-
-
-def test_config_imports_stdlib_only():
-    for module in _imports(REPO / "ferhpo" / "config.py"):
-        top = module.split(".")[0]
-        assert top in sys.stdlib_module_names or module == "ferhpo.errors", module
-
-
-@pytest.mark.parametrize("filename", ["__init__.py", "densenet.py", "resnet.py"])
-def test_builders_import_only_keras_and_config(filename):
-    allowed = {"__future__", "keras", "ferhpo.config", "ferhpo.errors", "ferhpo.models.densenet", "ferhpo.models.resnet"}
-    for module in _imports(REPO / "ferhpo" / "models" / filename):
-        assert module in allowed or module.startswith("keras."), module

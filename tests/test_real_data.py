@@ -63,3 +63,29 @@ def test_protocol_sizes_on_the_full_dataset(real_data, summaries):
     holdout = make_splits(data, "holdout", seed=0)
     fractions = np.bincount(data.labels[holdout.val], minlength=7) / np.bincount(data.labels[~data.is_test], minlength=7)
     assert np.allclose(fractions, 0.1, atol=0.002)
+
+
+def test_baseline_smoke_on_real_data_writes_a_complete_record(real_data, summaries, tmp_path):
+    cache = summaries[0]["cache"]["path"].rsplit("/", 1)[0]
+    result = run_cli(
+        "baseline", "--budget", "smoke", "--only", "resnet-v1-104", "--data", str(real_data),
+        "--cache-dir", cache, "--json", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)
+    record = json.loads((tmp_path / run["record"]).read_text())
+    assert record["run"] == "resnet-v1-104" and record["status"] == "complete"
+    assert record["params"] == 1_647_975 and record["reported_test_accuracy"] == 0.6652
+    assert record["data_fingerprint"] == CHECKSUM and record["protocol"] == "seed-resnet"
+    assert record["budget"]["name"] == "smoke" and record["epochs_run"] == 1
+    assert record["train_images"] == 128 and record["selection_sees"] == []
+    ev = record["evaluation"]
+    assert ev["test"]["n"] == 256 and ev["test_public"]["n"] + ev["test_private"]["n"] == 256
+    assert len(ev["test"]["confusion"]) == 7 and set(ev["test"]["per_class_recall"]) == set(TRAIN)
+    assert {"backend", "keras", "python"} <= set(record["environment"])
+    folder = (tmp_path / run["record"]).parent
+    assert {p.name for p in folder.iterdir()} == {
+        "best.weights.h5", "learning_curve.png", "record.json", "test_predictions.npz"
+    }
+    preds = np.load(folder / "test_predictions.npz")
+    assert len(preds["predictions"]) == 256 and str(preds["files"][0]).startswith("test/")
