@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import traceback
@@ -110,6 +111,8 @@ def _import_keras() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+    # tf.function retracing notes (a new input shape per model and split) are not for users.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def _quiet_optuna() -> None:
@@ -253,13 +256,9 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 def _select_presets(args: argparse.Namespace) -> list:
-    from ferhpo.config import ConfigError, get_preset, load_presets
+    from ferhpo.config import get_preset, load_presets
 
-    presets = load_presets(args.presets)
-    names = args.only or list(presets)
-    for name in names:
-        if name not in presets:
-            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
+    names = args.only or list(load_presets(args.presets))
     overrides = _parse_overrides(args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed

@@ -196,4 +196,6 @@ def environment() -> dict[str, str]:
     keras = sys.modules.get("keras")
     if keras is not None:
         env["backend"] = keras.backend.backend()
+    if "TF_ENABLE_ONEDNN_OPTS" in os.environ:
+        env["TF_ENABLE_ONEDNN_OPTS"] = os.environ["TF_ENABLE_ONEDNN_OPTS"]
     return env

@@ -191,6 +191,9 @@ def fit(
     Test images are never used for training or for choosing the best epoch unless the
     protocol's validation split is (part of) the test set, as `splits.selection_sees`
     says. Test predictions are made once, after training, with the best weights.
+    A seed repeats a run exactly on JAX and PyTorch CPUs and for small TensorFlow
+    models; TensorFlow's multi-threaded oneDNN kernels make full-size runs differ in
+    round-off, which training then amplifies (README, "Repeatability").
     """
     start = time.perf_counter()
     keras.backend.clear_session()
@@ -220,25 +223,23 @@ def fit(
 
     evaluation: dict[str, dict] = {}
     predictions = None
-    eval_batch = max(256, train.batch_size)
-
-    def predict(indices: np.ndarray) -> np.ndarray:
-        if not len(indices):
-            return np.zeros((0,), np.int64)
-        return np.argmax(model.predict(x[indices], batch_size=eval_batch, verbose=0), axis=-1)
-
     if epochs_run:
-        val_pred = predict(splits.val)
+        # One predict call for validation and test: one traced graph, not two.
+        test_idx = splits.test if evaluate_test else splits.test[:0]
+        both = np.concatenate([splits.val, test_idx])
+        predicted = np.argmax(model.predict(x[both], batch_size=max(256, train.batch_size), verbose=0), axis=-1)
+        val_pred, predictions = predicted[: len(splits.val)], predicted[len(splits.val) :]
         evaluation["val"] = classification_metrics(data.labels[splits.val], val_pred)
         if evaluate_test:
-            predictions = predict(splits.test)
-            evaluation["test"] = classification_metrics(data.labels[splits.test], predictions)
-            position = {int(i): k for k, i in enumerate(splits.test)}
+            evaluation["test"] = classification_metrics(data.labels[test_idx], predictions)
+            position = {int(i): k for k, i in enumerate(test_idx)}
             for name in ("test_public", "test_private"):
                 idx = getattr(splits, name)
                 if len(idx):
                     half = predictions[[position[int(i)] for i in idx]]
                     evaluation[name] = classification_metrics(data.labels[idx], half)
+        else:
+            predictions = None
 
     n_train = len(splits.train)
     timed_images = n_train * epochs_run - min(train.batch_size, n_train)

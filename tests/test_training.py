@@ -77,13 +77,14 @@ def test_fit_records_curves_restores_best_and_evaluates(model, tiny, tmp_path):
     assert result.train_seconds > 0 and result.images_per_second > 0
 
 
-def test_fit_is_repeatable_with_a_seed(tiny):
+@pytest.mark.parametrize("model", [TINY_DENSENET, TINY_RESNET], ids=["densenet", "resnet"])
+def test_fit_is_repeatable_with_a_seed(model, tiny):
     data, splits = tiny
-    first = fit(TINY_RESNET, TINY_TRAIN, data, splits, evaluate_test=False)
-    second = fit(TINY_RESNET, TINY_TRAIN, data, splits, evaluate_test=False)
+    first = fit(model, TINY_TRAIN, data, splits, evaluate_test=False)
+    second = fit(model, TINY_TRAIN, data, splits, evaluate_test=False)
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert first.history[key] == second.history[key], key
-    other = fit(TINY_RESNET, dataclasses.replace(TINY_TRAIN, seed=4), data, splits, evaluate_test=False)
+    other = fit(model, dataclasses.replace(TINY_TRAIN, seed=4), data, splits, evaluate_test=False)
     assert other.history["loss"] != first.history["loss"]
 
 
