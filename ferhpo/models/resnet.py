@@ -32,7 +32,7 @@ from keras import layers
 from ferhpo.config import ResNetConfig
 from ferhpo.models.head import classifier_head
 
-__all__ = ["resnet_layer", "basic_block", "bottleneck_block", "build_resnet"]
+__all__ = ["resnet_layer", "projection_shortcut", "basic_block", "bottleneck_block", "build_resnet"]
 
 _CHANNELS_LAST = "channels_last"
 _INIT = "he_normal"
@@ -76,21 +76,20 @@ def resnet_layer(
     return normalise(conv(x)) if conv_first else conv(normalise(x))
 
 
+def projection_shortcut(x, filters: int, *, strides: int, l2: float, name: str):
+    """The 1x1 convolution (no BN, no activation) that matches a block's output shape."""
+    return resnet_layer(
+        x, filters, kernel_size=1, strides=strides, activation=None, batch_normalization=False, l2=l2,
+        name=name + "_shortcut",
+    )
+
+
 def basic_block(x, filters: int, *, strides: int, project: bool, l2: float, name: str):
     """v1 block: Conv3x3-BN-ReLU, Conv3x3-BN, add the (projected) shortcut, ReLU."""
     y = resnet_layer(x, filters, strides=strides, l2=l2, name=name + "_1")
     y = resnet_layer(y, filters, activation=None, l2=l2, name=name + "_2")
     if project:
-        x = resnet_layer(
-            x,
-            filters,
-            kernel_size=1,
-            strides=strides,
-            activation=None,
-            batch_normalization=False,
-            l2=l2,
-            name=name + "_shortcut",
-        )
+        x = projection_shortcut(x, filters, strides=strides, l2=l2, name=name)
     x = layers.Add(name=name + "_add")([x, y])
     return layers.Activation("relu", name=name + "_out")(x)
 
@@ -125,16 +124,7 @@ def bottleneck_block(
     y = resnet_layer(y, filters, conv_first=False, l2=l2, name=name + "_2")
     y = resnet_layer(y, out_filters, kernel_size=1, conv_first=False, l2=l2, name=name + "_3")
     if project:
-        x = resnet_layer(
-            x,
-            out_filters,
-            kernel_size=1,
-            strides=strides,
-            activation=None,
-            batch_normalization=False,
-            l2=l2,
-            name=name + "_shortcut",
-        )
+        x = projection_shortcut(x, out_filters, strides=strides, l2=l2, name=name)
     return layers.Add(name=name + "_add")([x, y])
 
 
