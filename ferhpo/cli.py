@@ -15,7 +15,6 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from ferhpo import __version__
@@ -365,6 +364,8 @@ def _baseline_run(args: argparse.Namespace) -> int:
 
 
 def _run_summary(record, *, skipped: bool) -> dict:
+    from ferhpo.store import STUDIES_DIR
+
     ev = record.evaluation
     return {
         "name": record.run,
@@ -384,7 +385,7 @@ def _run_summary(record, *, skipped: bool) -> dict:
         "params": record.params,
         "wall_seconds": record.wall_seconds,
         "images_per_second": record.images_per_second,
-        "record": str(Path("studies") / record.study / record.artifacts.get("record", "")),
+        "record": str(STUDIES_DIR / record.study / record.artifacts.get("record", "")),
     }
 
 

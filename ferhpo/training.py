@@ -129,14 +129,15 @@ class _Recorder(keras.callbacks.Callback):
         self.best_weights = None
         self.train_seconds = 0.0
         self.checkpoint = checkpoint
-        self._start = 0.0
+        self._start = 0.0  # of the current stretch of timed training steps
+        self._epoch_start = 0.0
         self._lr = 0.0
         self._training = False
         self._first_step = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self._start = time.perf_counter()
+        self._start = self._epoch_start = time.perf_counter()
         self._training = True
 
     def on_train_batch_end(self, batch, logs=None):
@@ -157,7 +158,7 @@ class _Recorder(keras.callbacks.Callback):
         self._stop_clock()
         logs = dict(logs or {})
         logs["lr"] = self._lr
-        logs["seconds"] = time.perf_counter() - self._start
+        logs["seconds"] = time.perf_counter() - self._epoch_start  # the whole epoch, validation included
         for key, value in logs.items():
             if key == "learning_rate":
                 continue

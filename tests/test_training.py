@@ -75,6 +75,7 @@ def test_fit_records_curves_restores_best_and_evaluates(model, tiny, tmp_path):
     assert checkpoint.is_file() and not list(checkpoint.parent.glob(".tmp-*"))
     assert result.params > 0 and result.train_images == len(splits.train)
     assert result.train_seconds > 0 and result.images_per_second > 0
+    assert result.train_seconds <= sum(result.history["seconds"]) <= result.wall_seconds
 
 
 @pytest.mark.parametrize("model", [TINY_DENSENET, TINY_RESNET], ids=["densenet", "resnet"])
