@@ -118,7 +118,7 @@ def open_storage(url: str | None = None):
     elif "://" not in url:
         raise StoreError(f"storage {url!r} is not a URL; expected e.g. sqlite:///studies/ferhpo.db or postgresql://user@host/db")
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=None, skip_compatibility_check=False)
+        return optuna.storages.RDBStorage(url)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StoreError(f"cannot open storage {url}: {reason}; expected a reachable, writable Optuna storage") from None
@@ -139,8 +139,8 @@ def open_study(name: str, url: str | None = None, *, create: bool = True, direct
         raise StoreError(f"no study {name!r} in {storage_url(url)}; studies there: {listed}") from None
 
 
-def add_record(study, record: RunRecord, value: float | None = None) -> int:
-    """Insert a finished run as one Optuna trial (one transaction); return its number.
+def add_record(study, record: RunRecord, value: float | None = None) -> None:
+    """Insert a finished run as one Optuna trial (one transaction).
 
     The trial's value is `value` (default: best validation accuracy) and its
     intermediate values are the per-epoch validation accuracies, so Optuna's own
@@ -163,7 +163,6 @@ def add_record(study, record: RunRecord, value: float | None = None) -> int:
         intermediate_values={i + 1: v for i, v in enumerate(curve) if v == v},  # drop NaN
     )
     study.add_trial(trial)
-    return study.trials[-1].number
 
 
 def records(study, *, states: tuple[str, ...] = ("complete", "pruned", "failed")) -> list[RunRecord]:
