@@ -98,18 +98,26 @@ def _import_keras() -> None:
 
     sys.stderr.flush()
     saved = os.dup(2)
+    show_log = True  # only when the import fails unexpectedly: the log may say why
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
             import keras  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
+
+            show_log = False
+        except (ImportError, ValueError) as exc:  # an unknown or uninstalled KERAS_BACKEND
+            show_log = False
+            backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+            raise FerhpoError(
+                f"cannot load Keras with backend {backend!r} ({str(exc).strip().splitlines()[-1]}); expected "
+                f"KERAS_BACKEND to be tensorflow, jax or torch, installed (pip install -e '.[jax]' or '.[torch]')"
+            ) from None
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if show_log:
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace"))
     # tf.function retracing notes (a new input shape per model and split) are not for users.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 

@@ -332,3 +332,8 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "pytest" in install_and_test and "ferhpo " in install_and_run
     ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
     assert install_and_test in ci_lines
+
+
+def test_unknown_keras_backend_is_a_one_line_error(tmp_path):
+    result = run_cli("baseline", "--list", env={"KERAS_BACKEND": "bogus"}, cwd=tmp_path)
+    _assert_one_line_error(result, "cannot load Keras with backend 'bogus'.*expected KERAS_BACKEND to be tensorflow, jax or torch")
