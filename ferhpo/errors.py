@@ -24,3 +24,11 @@ class ConfigError(FerhpoError, ValueError):
 
 class StoreError(FerhpoError):
     """A study or its storage cannot be opened, read or written."""
+
+
+class TrainingError(FerhpoError):
+    """Training could not go on, e.g. the loss diverged to NaN or infinity.
+
+    A property of the configuration being trained (a search records it as that
+    trial's failure), not of the program.
+    """

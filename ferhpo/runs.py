@@ -34,12 +34,22 @@ def budget_splits(data: FER2013, protocol: str, budget: Budget, seed: int) -> Sp
     return limit_splits(splits, train=budget.train_limit, val=budget.val_limit, test=budget.test_limit, seed=seed)
 
 
+# TrainConfig fields added after runs were first recorded: left out of the key while at
+# their default, so a recipe that does not use them keeps the key it had, and finished
+# baseline runs are still found instead of being retrained.
+_ADDED_AT_DEFAULT = {"rotation": 0.0, "zoom": 0.0, "erasing": 0.0, "mixup": 0.0, "tta_hflip": False}
+
+
 def run_key(name: str, model: ModelConfig, train: TrainConfig, budget: Budget, protocol: str, fingerprint: str) -> str:
     """Identifies a result: equal keys mean the same configuration trained the same way."""
+    recipe = dataclasses.asdict(train)
+    for field, default in _ADDED_AT_DEFAULT.items():
+        if recipe.get(field) == default:
+            del recipe[field]
     payload = {
         "name": name,
         "model": model_config_to_dict(model),
-        "train": dataclasses.asdict(train),
+        "train": recipe,
         "budget": dataclasses.asdict(budget),
         "protocol": protocol,
         "data": fingerprint,
@@ -53,9 +63,13 @@ def find_finished(study, key: str) -> store.RunRecord | None:
     return done[-1] if done else None
 
 
-def train_and_record(
-    study,
+#: The files `train_run` writes into a run's folder.
+ARTIFACTS = ("best.weights.h5", "test_predictions.npz", "learning_curve.png", "record.json")
+
+
+def train_run(
     *,
+    study_name: str,
     name: str,
     kind: str,
     model: ModelConfig,
@@ -63,21 +77,40 @@ def train_and_record(
     data: FER2013,
     protocol: str,
     budget: Budget,
+    folder: Path,
     callbacks=(),
+    evaluate_test=True,
+    status=lambda: "complete",
     verbose: int | str = 0,
     reported_test_accuracy: float | None = None,
-    root: Path = store.STUDIES_DIR,
+    hyperparameters: dict | None = None,
+    search=None,
 ) -> store.RunRecord:
-    """Train `model` with `train` (already `budgeted`) on `budget`'s splits; record it in `study`."""
+    """Train `model` with `train` (already `budgeted`) on `budget`'s splits; write its artifacts.
+
+    The artifacts (weights, test predictions, learning curve, and last `record.json`)
+    land in `folder`, each atomically; the record is returned, not stored, so a search
+    engine can decide how it enters the study. `evaluate_test` and `status` are asked
+    once training ends (a pruned trial passes ``lambda: False`` and ``lambda: "pruned"``),
+    and so is `search` when it is callable (what an engine learnt during training).
+    On any exception the artifacts written so far are removed (other files in the
+    folder, such as a trial's spec and log, stay): a failed run leaves no results.
+    """
     from ferhpo import training  # keras loads here, not when the CLI starts
 
     splits = budget_splits(data, protocol, budget, train.seed)
     key = run_key(name, model, train, budget, protocol, data.info.fingerprint)
-    run_id = f"{name}-{budget.name}-{uuid.uuid4().hex[:8]}"
-    folder = store.run_dir(study.study_name, run_id, root)
+    run_id = folder.name
     try:
         result = training.fit(
-            model, train, data, splits, callbacks=list(callbacks), checkpoint=folder / "best.weights.h5", verbose=verbose
+            model,
+            train,
+            data,
+            splits,
+            callbacks=list(callbacks),
+            checkpoint=folder / "best.weights.h5",
+            evaluate_test=evaluate_test,
+            verbose=verbose,
         )
         artifacts = {"dir": run_id, "weights": f"{run_id}/best.weights.h5"}
         if result.test_predictions is not None:
@@ -89,21 +122,22 @@ def train_and_record(
                     predictions=result.test_predictions.astype(np.int8),
                 )
             artifacts["test_predictions"] = f"{run_id}/test_predictions.npz"
-        learning_curve(
-            result.history,
-            folder / "learning_curve.png",
-            title=f"{name} ({budget.name} budget, {protocol} protocol)",
-            best_epoch=result.best_epoch,
-        )
-        artifacts["learning_curve"] = f"{run_id}/learning_curve.png"
+        if result.epochs_run:
+            learning_curve(
+                result.history,
+                folder / "learning_curve.png",
+                title=f"{name} ({budget.name} budget, {protocol} protocol)",
+                best_epoch=result.best_epoch,
+            )
+            artifacts["learning_curve"] = f"{run_id}/learning_curve.png"
         artifacts["record"] = f"{run_id}/record.json"
         record = store.RunRecord(
-            study=study.study_name,
+            study=study_name,
             run=name,
             run_key=key,
             run_id=run_id,
             kind=kind,
-            status="complete",
+            status=status(),
             family=model.family,
             model=model_config_to_dict(model),
             train=dataclasses.asdict(train),
@@ -125,8 +159,54 @@ def train_and_record(
             environment=store.environment(),
             artifacts=artifacts,
             reported_test_accuracy=reported_test_accuracy,
+            hyperparameters=dict(hyperparameters or {}),
+            search=dict((search() if callable(search) else search) or {}),
         )
         write_json(folder / "record.json", record.to_dict())
+    except BaseException:
+        for artifact in ARTIFACTS:
+            (folder / artifact).unlink(missing_ok=True)
+        raise
+    return record
+
+
+def new_run_dir(study_name: str, name: str, budget: Budget, root: Path = store.STUDIES_DIR) -> Path:
+    """A fresh artifact folder name for one attempt (attempts never share a folder)."""
+    return store.run_dir(study_name, f"{name}-{budget.name}-{uuid.uuid4().hex[:8]}", root)
+
+
+def train_and_record(
+    study,
+    *,
+    name: str,
+    kind: str,
+    model: ModelConfig,
+    train: TrainConfig,
+    data: FER2013,
+    protocol: str,
+    budget: Budget,
+    callbacks=(),
+    verbose: int | str = 0,
+    reported_test_accuracy: float | None = None,
+    root: Path = store.STUDIES_DIR,
+) -> store.RunRecord:
+    """`train_run`, then add the record to `study` in one transaction (baseline runs)."""
+    folder = new_run_dir(study.study_name, name, budget, root)
+    try:
+        record = train_run(
+            study_name=study.study_name,
+            name=name,
+            kind=kind,
+            model=model,
+            train=train,
+            data=data,
+            protocol=protocol,
+            budget=budget,
+            folder=folder,
+            callbacks=callbacks,
+            verbose=verbose,
+            reported_test_accuracy=reported_test_accuracy,
+        )
         store.add_record(study, record)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

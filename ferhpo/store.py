@@ -101,12 +101,41 @@ def storage_url(url: str | None = None) -> str:
     return url or os.environ.get("FERHPO_STORAGE") or DEFAULT_STORAGE
 
 
-def open_storage(url: str | None = None):
-    """An Optuna RDB storage; StoreError (one line) when it cannot be opened."""
+#: Seconds between a running trial's heartbeats; a trial silent for GRACE_FACTOR times
+#: as long is taken for dead (its worker was killed), marked failed and retried.
+HEARTBEAT_SECONDS = 10
+GRACE_FACTOR = 3
+SURPLUS_ATTR = "ferhpo.surplus"  # a trial started by a race past --trials; never counted
+ERROR_ATTR = "ferhpo.error"  # why a trial failed (its own failure, not a killed worker)
+INTERRUPTED_ATTR = "ferhpo.interrupted"  # stopped by Ctrl-C; retried by the next run
+
+
+def heartbeat_seconds() -> int:
+    """The heartbeat interval: $FERHPO_HEARTBEAT (seconds) or HEARTBEAT_SECONDS."""
+    raw = os.environ.get("FERHPO_HEARTBEAT")
+    if raw is None:
+        return HEARTBEAT_SECONDS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise StoreError(f"FERHPO_HEARTBEAT must be a positive number of seconds, but got {raw!r}")
+    return value
+
+
+def open_storage(url: str | None = None, *, heartbeat: bool = False):
+    """An Optuna RDB storage; StoreError (one line) when it cannot be opened.
+
+    With `heartbeat`, running trials send heartbeats, and a trial whose worker died
+    (no heartbeat for a grace period) is marked failed and re-queued with the same
+    parameters (Optuna's RetryFailedTrialCallback) the next time any worker asks.
+    """
     import optuna
     import sqlalchemy.exc
 
     url = storage_url(url)
+    engine_kwargs = None
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         try:
@@ -115,24 +144,56 @@ def open_storage(url: str | None = None):
             raise StoreError(f"cannot create the folder of storage {url} ({exc.strerror}); expected a writable path") from None
         if path.is_dir():
             raise StoreError(f"storage {url} names a folder; expected a SQLite file path")
+        # Workers, trial processes and heartbeats share one file: wait for the lock
+        # rather than fail after SQLite's default 5 s.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
     elif "://" not in url:
         raise StoreError(f"storage {url!r} is not a URL; expected e.g. sqlite:///studies/ferhpo.db or postgresql://user@host/db")
+    beat = {}
+    if heartbeat:
+        interval = heartbeat_seconds()
+        beat = {
+            "heartbeat_interval": interval,
+            "grace_period": GRACE_FACTOR * interval,
+            "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=None),
+        }
     try:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StoreError(f"cannot open storage {url}: {reason}; expected a reachable, writable Optuna storage") from None
 
 
-def open_study(name: str, url: str | None = None, *, create: bool = True, direction: str = "maximize"):
+def open_study(
+    name: str,
+    url: str | None = None,
+    *,
+    create: bool = True,
+    direction: str = "maximize",
+    directions: list[str] | None = None,
+    storage=None,
+    sampler=None,
+    pruner=None,
+):
     """Load study `name`; create it when `create`, else StoreError if it does not exist."""
     import optuna
 
-    storage = open_storage(url)
+    storage = storage if storage is not None else open_storage(url)
     if create:
-        return optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+        try:
+            return optuna.create_study(
+                study_name=name,
+                storage=storage,
+                direction=None if directions else direction,
+                directions=directions,
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
+        except ValueError as exc:  # an existing study with other directions
+            raise StoreError(f"study {name!r} exists with other objectives ({exc}); expected a new --study name") from None
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
         known = [s.study_name for s in storage.get_all_studies()]
         listed = ", ".join(known) if known else "none"
@@ -166,12 +227,56 @@ def add_record(study, record: RunRecord, value: float | None = None) -> None:
 
 
 def records(study, *, states: tuple[str, ...] = ("complete", "pruned", "failed")) -> list[RunRecord]:
-    """Every run recorded in `study`, oldest first."""
+    """Every run recorded in `study`, oldest first.
+
+    The Optuna trial state is the truth: a record written by a trial process whose
+    worker then died before finishing the trial (state FAIL, record not "failed") is
+    left out, as are trials still running and surplus trials; the retried trial
+    carries the result.
+    """
+    import optuna
+
+    state_names = {
+        optuna.trial.TrialState.COMPLETE: "complete",
+        optuna.trial.TrialState.PRUNED: "pruned",
+        optuna.trial.TrialState.FAIL: "failed",
+    }
     out = []
     for trial in study.get_trials(deepcopy=False):
         raw = trial.user_attrs.get(RECORD_ATTR)
-        if raw is not None and raw.get("status") in states:
+        status = state_names.get(trial.state)
+        if raw is None or status is None or trial.user_attrs.get(SURPLUS_ATTR):
+            continue
+        if raw.get("status") != status:
+            continue
+        if status in states:
             out.append(RunRecord.from_dict(raw))
+    return out
+
+
+def counted(trial) -> bool:
+    """Whether a finished trial counts towards a search's --trials.
+
+    Complete and pruned trials count, and so do trials that failed by themselves
+    (NaN loss, out of memory, a rejected configuration: ERROR_ATTR). Trials of killed
+    workers, interrupted trials (both retried) and surplus trials do not.
+    """
+    import optuna
+
+    state = trial.state
+    if trial.user_attrs.get(SURPLUS_ATTR):
+        return False
+    if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+        return True
+    return state == optuna.trial.TrialState.FAIL and ERROR_ATTR in trial.user_attrs
+
+
+def failures(study) -> list[dict[str, Any]]:
+    """Trials that failed by themselves: number, reason and hyperparameters."""
+    out = []
+    for trial in study.get_trials(deepcopy=False):
+        if counted(trial) and ERROR_ATTR in trial.user_attrs:
+            out.append({"number": trial.number, "error": trial.user_attrs[ERROR_ATTR], "params": dict(trial.params)})
     return out
 
 

@@ -4,14 +4,17 @@
 `FitResult`: per-epoch curves, the best-validation-accuracy epoch (whose weights are
 restored), evaluation on validation and test (whole set and its halves), wall time
 and throughput. Images stay uint8 in memory; scaling and augmentation are Keras
-layers inside the model, so they run on any backend and on the accelerator.
+layers inside the model, so they run on any backend and on the accelerator. Mixup,
+which mixes labels too, is the one exception: `MixupFeed` mixes batches on the host.
 
 Engines hand in extra callbacks (pruning, progress); this module never imports a tuner.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +22,9 @@ import keras
 import numpy as np
 
 from ferhpo.atomic import atomic_path
-from ferhpo.config import ModelConfig, TrainConfig, reference_lr
+from ferhpo.config import ModelConfig, TrainConfig, cosine_lr, reference_lr
 from ferhpo.data import CLASSES, FER2013, Splits
+from ferhpo.errors import TrainingError
 from ferhpo.models import build_model
 
 
@@ -66,7 +70,12 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 
 
 def training_model(core: keras.Model, train: TrainConfig) -> keras.Model:
-    """Wrap a builder's model: uint8 image in, scaled to [0, 1], augmented while training."""
+    """Wrap a builder's model: uint8 image in, scaled to [0, 1], augmented while training.
+
+    The augmentation layers (only with ``train.augmentation``, each only when its
+    option is on) run in the order shift, rotation, zoom, flip, erasing, each with
+    its own seed, and pass images through unchanged at inference.
+    """
     inputs = keras.Input(shape=core.input_shape[1:], dtype="uint8", name="image")
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     if train.augmentation:
@@ -75,9 +84,79 @@ def training_model(core: keras.Model, train: TrainConfig) -> keras.Model:
             x = keras.layers.RandomTranslation(
                 train.shift, train.shift, fill_mode="nearest", seed=train.seed, name="augment_shift"
             )(x)
+        if train.rotation > 0:
+            # factor is a fraction of a full turn: +-rotation degrees.
+            x = keras.layers.RandomRotation(
+                train.rotation / 360, fill_mode="nearest", seed=train.seed + 2, name="augment_rotation"
+            )(x)
+        if train.zoom > 0:
+            # Zoom in or out by up to `zoom` (width follows height: aspect ratio kept).
+            x = keras.layers.RandomZoom(
+                (-train.zoom, train.zoom), fill_mode="nearest", seed=train.seed + 3, name="augment_zoom"
+            )(x)
         if train.hflip:
             x = keras.layers.RandomFlip("horizontal", seed=train.seed + 1, name="augment_flip")(x)
+        if train.erasing > 0:
+            # A single float `factor=p` draws each image's probability from U(0, p), so
+            # only p/2 of the images would be erased (and 1.0 erases half, not all);
+            # the pair (p, p) makes it exactly p. The patch covers 2-33% of the image
+            # and is filled with noise (a normal sample clipped to [0, 1]).
+            x = keras.layers.RandomErasing(
+                factor=(train.erasing, train.erasing),
+                value_range=(0, 1),
+                seed=train.seed + 4,
+                name="augment_erasing",
+            )(x)
     return keras.Model(inputs, core(x), name=core.name)
+
+
+class MixupFeed(keras.utils.PyDataset):
+    """Training batches with mixup (Zhang et al. 2018), for every epoch of a run.
+
+    Each epoch visits the images in a new order (seeded by ``seed`` and the epoch);
+    each batch is mixed with a permutation of itself by one ``lam ~ Beta(alpha,
+    alpha)``: images ``lam * a + (1 - lam) * b`` rounded back to uint8 (the model's
+    input), labels mixed likewise (label smoothing is still the loss's). Batch
+    ``step`` of ``epoch`` is item ``epoch * steps_per_epoch + step`` and depends only
+    on its index, so prefetching and Keras' spec probing cannot change what a run
+    sees. Pass ``steps_per_epoch`` to ``model.fit`` with it.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, alpha: float, epochs: int, seed: int):
+        super().__init__()
+        if len(images) != len(labels) or not len(images):
+            raise ValueError(f"MixupFeed needs as many labels as images (at least one), got {len(images)} and {len(labels)}")
+        self.images = images
+        self.labels = labels.astype("float32", copy=False)
+        self.batch_size = batch_size
+        self.alpha = float(alpha)
+        self.epochs = epochs
+        self.seed = seed
+        self.steps_per_epoch = math.ceil(len(images) / batch_size)
+        self._order = (-1, None)  # (epoch, permutation), replaced as one tuple
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        cached_epoch, order = self._order
+        if cached_epoch != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
+            self._order = (epoch, order)
+        return order
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"MixupFeed has {len(self)} batches, got index {index}")
+        epoch, step = divmod(int(index), self.steps_per_epoch)
+        idx = self._epoch_order(epoch)[step * self.batch_size : (step + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, epoch, step, 1])
+        lam = rng.beta(self.alpha, self.alpha)
+        partner = rng.permutation(len(idx))
+        images = self.images[idx].astype("float32")
+        labels = self.labels[idx]
+        mixed = np.rint(lam * images + (1.0 - lam) * images[partner])
+        return np.clip(mixed, 0, 255).astype(self.images.dtype), (lam * labels + (1.0 - lam) * labels[partner]).astype("float32")
 
 
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
@@ -102,6 +181,10 @@ def schedule_callbacks(train: TrainConfig) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = []
     if train.schedule == "reference-step":
         callbacks.append(keras.callbacks.LearningRateScheduler(lambda epoch: reference_lr(epoch, train.learning_rate)))
+    elif train.schedule == "cosine":
+        callbacks.append(
+            keras.callbacks.LearningRateScheduler(lambda epoch: cosine_lr(epoch, train.epochs, train.learning_rate))
+        )
     if train.plateau:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -112,6 +195,33 @@ def schedule_callbacks(train: TrainConfig) -> list[keras.callbacks.Callback]:
             )
         )
     return callbacks
+
+
+class _DivergenceGuard(keras.callbacks.Callback):
+    """Raises TrainingError as soon as the training loss is NaN or infinite.
+
+    Like ``keras.callbacks.TerminateOnNaN(raise_error=True)``, but the message names
+    the epoch. Raising at once skips that epoch's validation, checkpoint and the
+    other callbacks' epoch end: no callback sees the diverged weights.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        loss = float(keras.ops.convert_to_numpy(loss))
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"training diverged: loss became {loss} at epoch {self._epoch + 1} (batch {batch + 1}); "
+                "expected a finite loss (try a lower learning rate)"
+            )
 
 
 class _Recorder(keras.callbacks.Callback):
@@ -172,6 +282,15 @@ class _Recorder(keras.callbacks.Callback):
                     self.model.save_weights(tmp)
 
 
+def predict_proba(model: keras.Model, images: np.ndarray, *, batch_size: int, hflip: bool = False) -> np.ndarray:
+    """Class probabilities of NHWC `images` at inference; with `hflip`, the mean of each
+    image's and its horizontal mirror's (test-time augmentation), in one predict call."""
+    if not hflip:
+        return model.predict(images, batch_size=batch_size, verbose=0)
+    both = model.predict(np.concatenate([images, images[:, :, ::-1]]), batch_size=batch_size, verbose=0)
+    return (both[: len(images)] + both[len(images) :]) / 2
+
+
 def _one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(len(CLASSES), dtype="float32")[labels.astype(np.int64)]
 
@@ -184,14 +303,18 @@ def fit(
     *,
     callbacks: list[keras.callbacks.Callback] = (),
     checkpoint: str | Path | None = None,
-    evaluate_test: bool = True,
+    evaluate_test: bool | Callable[[], bool] = True,
     verbose: int | str = 0,
 ) -> FitResult:
     """Train `model_config` with the recipe `train` on `splits`, then evaluate.
 
     Test images are never used for training or for choosing the best epoch unless the
     protocol's validation split is (part of) the test set, as `splits.selection_sees`
-    says. Test predictions are made once, after training, with the best weights.
+    says. Test predictions are made once, after training, with the best weights, and
+    only if `evaluate_test` is true; a callable is asked once, when training ends (a
+    pruned search trial answers False and never reads a test image). With
+    ``train.tta_hflip`` the final evaluation averages each image's softmax with its
+    mirror's. A NaN or infinite training loss raises TrainingError.
     A seed repeats a run exactly on JAX and PyTorch CPUs and for small TensorFlow
     models; TensorFlow's multi-threaded oneDNN kernels make full-size runs differ in
     round-off, which training then amplifies (README, "Repeatability").
@@ -208,19 +331,42 @@ def fit(
     )
     x = data.images[..., None]
     recorder = _Recorder(Path(checkpoint) if checkpoint else None)
-    model.fit(
-        x[splits.train],
-        _one_hot(data.labels[splits.train]),
-        batch_size=train.batch_size,
-        epochs=train.epochs,
-        validation_data=(x[splits.val], _one_hot(data.labels[splits.val])),
-        shuffle=True,
-        callbacks=[*schedule_callbacks(train), recorder, *callbacks],
-        verbose=verbose,
-    )
+    all_callbacks = [_DivergenceGuard(), *schedule_callbacks(train), recorder, *callbacks]
+    validation_data = (x[splits.val], _one_hot(data.labels[splits.val]))
+    if train.mixup > 0:
+        feed = MixupFeed(
+            x[splits.train],
+            _one_hot(data.labels[splits.train]),
+            batch_size=train.batch_size,
+            alpha=train.mixup,
+            epochs=train.epochs,
+            seed=train.seed,
+        )
+        model.fit(
+            feed,
+            epochs=train.epochs,
+            steps_per_epoch=feed.steps_per_epoch,
+            validation_data=validation_data,
+            validation_batch_size=train.batch_size,
+            shuffle=False,  # the feed shuffles, seeded
+            callbacks=all_callbacks,
+            verbose=verbose,
+        )
+    else:
+        model.fit(
+            x[splits.train],
+            _one_hot(data.labels[splits.train]),
+            batch_size=train.batch_size,
+            epochs=train.epochs,
+            validation_data=validation_data,
+            shuffle=True,
+            callbacks=all_callbacks,
+            verbose=verbose,
+        )
     if recorder.best_weights is not None:
         model.set_weights(recorder.best_weights)
     epochs_run = len(recorder.history.get("loss", []))
+    evaluate_test = bool(evaluate_test() if callable(evaluate_test) else evaluate_test)
 
     evaluation: dict[str, dict] = {}
     predictions = None
@@ -228,7 +374,8 @@ def fit(
         # One predict call for validation and test: one traced graph, not two.
         test_idx = splits.test if evaluate_test else splits.test[:0]
         both = np.concatenate([splits.val, test_idx])
-        predicted = np.argmax(model.predict(x[both], batch_size=max(256, train.batch_size), verbose=0), axis=-1)
+        probabilities = predict_proba(model, x[both], batch_size=max(256, train.batch_size), hflip=train.tta_hflip)
+        predicted = np.argmax(probabilities, axis=-1)
         val_pred, predictions = predicted[: len(splits.val)], predicted[len(splits.val) :]
         evaluation["val"] = classification_metrics(data.labels[splits.val], val_pred)
         if evaluate_test:

@@ -56,7 +56,6 @@ def test_every_command_is_in_the_table():
 @pytest.mark.parametrize(
     "args",
     [
-        ["search", "--space", "densenet"],
         ["report", "--study", "s"],
         ["bench"],
     ],
@@ -279,6 +278,13 @@ def _assert_one_line_error(result, pattern):
         (["search"], "required: --space"),
         (["search", "--space", "densenet", "--engine", "sklearn"], "argument --engine: invalid choice: 'sklearn'"),
         (["search", "--space", "densenet", "--trials", "0"], "argument --trials: expected a positive integer, got 0"),
+        (["search", "--space", "nosuch"], "unknown search space 'nosuch'.*densenet, resnet"),
+        (["search", "--space", "densenet", "--objective", "loss"], "--objective must be val_accuracy, macro_f1"),
+        (["search", "--space", "densenet", "--engine", "keras-tuner", "--workers", "2"], "--workers > 1 needs --engine optuna"),
+        (["search", "--space", "densenet", "--engine", "keras-tuner", "--sampler", "tpe"], "--sampler tpe needs --engine optuna"),
+        (["search", "--space", "densenet", "--engine", "keras-tuner", "--pruner", "median"], "--pruner median needs --engine optuna"),
+        (["search", "--space", "densenet", "--objective", "val_accuracy,params", "--pruner", "median"],
+         "cannot prune a two-objective search"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args, pattern):

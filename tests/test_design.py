@@ -23,10 +23,19 @@ ALLOWED = {
     "config.py": {"ferhpo.errors"},
     "data.py": {"numpy", "PIL", "platformdirs", "ferhpo.errors", "ferhpo.atomic"},
     "models": {"keras", "ferhpo.config", "ferhpo.errors", "ferhpo.models"},
-    "training.py": {"keras", "numpy", "ferhpo.config", "ferhpo.data", "ferhpo.models", "ferhpo.atomic"},
+    "training.py": {"keras", "numpy", "ferhpo.config", "ferhpo.data", "ferhpo.models", "ferhpo.atomic", "ferhpo.errors"},
     "store.py": {"optuna", "sqlalchemy", "ferhpo.errors"},
     "report": {"numpy", "pandas", "matplotlib", "ferhpo.store", "ferhpo.atomic", "ferhpo.errors", "ferhpo.report"},
     "runs.py": {"numpy", "ferhpo.store", "ferhpo.atomic", "ferhpo.config", "ferhpo.data", "ferhpo.report", "ferhpo.training"},
+    # spaces are data: no tuner import; the adapters take an Optuna trial / KerasTuner hp duck-typed
+    "spaces.py": {"ferhpo.config", "ferhpo.errors"},
+    # the HyperModels compile with training's recipe (optimizer, augmentation layers), not a copy of it
+    "hypermodels.py": {"keras", "keras_tuner", "numpy", "ferhpo.spaces", "ferhpo.models", "ferhpo.training", "ferhpo.config", "ferhpo.data"},
+    "engines": {
+        "optuna", "keras_tuner", "numpy", "keras",
+        "ferhpo.spaces", "ferhpo.training", "ferhpo.store", "ferhpo.runs", "ferhpo.config", "ferhpo.data",
+        "ferhpo.errors", "ferhpo.atomic", "ferhpo.engines", "ferhpo.report",
+    },
 }
 
 

@@ -266,7 +266,7 @@ INVALID = [
     (TrainConfig, dict(epochs=0), r"epochs must be a positive integer, but got epochs=0"),
     (TrainConfig, dict(learning_rate=0.0), r"learning_rate must be > 0, but got learning_rate=0.0"),
     (TrainConfig, dict(learning_rate=float("nan")), r"learning_rate must be a finite number"),
-    (TrainConfig, dict(schedule="cosine"), r"schedule must be one of .*but got schedule='cosine'"),
+    (TrainConfig, dict(schedule="linear"), r"schedule must be one of .*but got schedule='linear'"),
     (TrainConfig, dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
     (TrainConfig, dict(shift=-0.1), r"shift must be in \[0, 1\), but got shift=-0.1"),
     (TrainConfig, dict(plateau_factor=1.0), r"plateau_factor must be in \(0, 1\)"),

@@ -8,13 +8,24 @@ import keras
 import numpy as np
 import pytest
 
-from ferhpo.config import DenseNetConfig, ResNetConfig, TrainConfig, reference_lr
+from ferhpo.config import DenseNetConfig, ResNetConfig, TrainConfig, cosine_lr, reference_lr
 from ferhpo.data import CLASSES, load_fer2013, make_splits
-from ferhpo.training import classification_metrics, fit, schedule_callbacks
+from ferhpo.errors import ConfigError, TrainingError
+from ferhpo.models import build_model
+from ferhpo.training import (
+    MixupFeed,
+    classification_metrics,
+    fit,
+    predict_proba,
+    schedule_callbacks,
+    training_model,
+)
 
 TINY_DENSENET = DenseNetConfig(growth_rate=4, num_blocks=2, layers_per_block=2, head="gap")
 TINY_RESNET = ResNetConfig(version=1, depth=8, base_filters=16, head="gap")
 TINY_TRAIN = TrainConfig(optimizer="adam", batch_size=16, epochs=2, seed=3)
+SMALLEST = DenseNetConfig(growth_rate=4, num_blocks=2, layers_per_block=1, head="gap")
+AUGMENT_LAYERS = ("augment_shift", "augment_rotation", "augment_zoom", "augment_flip", "augment_erasing")
 
 
 @pytest.fixture(autouse=True)
@@ -98,3 +109,220 @@ def test_a_stopping_callback_ends_early(tiny):
 
     result = fit(TINY_DENSENET, dataclasses.replace(TINY_TRAIN, epochs=3), data, splits, callbacks=[StopAfterOne()])
     assert result.epochs_run == 1 and result.stopped_early
+
+
+# --------------------------------------------------------------------------
+# Recipe options beyond the reference: rotation, zoom, erasing, mixup, TTA, cosine.
+
+
+def test_new_recipe_options_default_to_the_reference():
+    train = TrainConfig()
+    assert (train.rotation, train.zoom, train.erasing, train.mixup, train.tta_hflip) == (0.0, 0.0, 0.0, 0.0, False)
+    keys = list(dataclasses.asdict(train))
+    assert keys[: keys.index("seed") + 1][-3:] == ["weight_decay", "label_smoothing", "seed"]
+    assert keys[-5:] == ["rotation", "zoom", "erasing", "mixup", "tta_hflip"]
+    accepted = TrainConfig(rotation=180, zoom=0.5, erasing=1, mixup=2, tta_hflip=True, schedule="cosine")
+    assert accepted.rotation == 180.0 and isinstance(accepted.erasing, float) and accepted.mixup == 2.0
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("rotation", -1, r"rotation must be in \[0, 180\], but got rotation=-1"),
+        ("rotation", 181.0, r"rotation must be in \[0, 180\], but got rotation=181.0"),
+        ("zoom", 1.0, r"zoom must be in \[0, 1\), but got zoom=1.0"),
+        ("zoom", -0.1, r"zoom must be in \[0, 1\)"),
+        ("erasing", 1.5, r"erasing must be in \[0, 1\], but got erasing=1.5"),
+        ("erasing", "0.5", r"erasing must be a finite number"),
+        ("mixup", -0.2, r"mixup must be >= 0, but got mixup=-0.2"),
+        ("mixup", float("inf"), r"mixup must be a finite number"),
+        ("tta_hflip", 1, r"tta_hflip must be true or false, but got tta_hflip=1"),
+        ("schedule", "cosine-restarts", r"schedule must be one of .*'cosine'"),
+    ],
+)
+def test_new_recipe_options_are_validated(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_cosine_lr():
+    assert cosine_lr(0, 10, 0.1) == pytest.approx(0.1)
+    assert cosine_lr(5, 10, 0.1) == pytest.approx(0.05)
+    assert cosine_lr(1, 4, 0.1) == pytest.approx(0.05 * (1 + np.cos(np.pi / 4)))
+    assert cosine_lr(10, 10, 0.1) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_lr(3, 4) == pytest.approx(0.5e-3 * (1 + np.cos(3 * np.pi / 4)))  # base 1e-3 by default
+    for epoch in (-1, 11, 1.5, True):
+        with pytest.raises(ConfigError, match=r"cosine_lr epoch must be an integer in \[0, epochs=10\]"):
+            cosine_lr(epoch, 10)
+    with pytest.raises(ConfigError, match="cosine_lr epochs must be a positive integer, but got epochs=0"):
+        cosine_lr(0, 0)
+
+
+def test_cosine_schedule_callback_comes_before_the_plateau():
+    scheduler, plateau = schedule_callbacks(TrainConfig(schedule="cosine", epochs=10, learning_rate=0.1))
+    assert [scheduler.schedule(e) for e in (0, 5, 9)] == pytest.approx([0.1, 0.05, cosine_lr(9, 10, 0.1)])
+    assert isinstance(plateau, keras.callbacks.ReduceLROnPlateau)
+
+
+def _augment_layers(model: keras.Model) -> list[str]:
+    return [layer.name for layer in model.layers if layer.name.startswith("augment_")]
+
+
+@pytest.mark.parametrize(
+    "changes,expected",
+    [
+        ({}, ["augment_shift", "augment_flip"]),
+        ({"rotation": 10.0}, ["augment_shift", "augment_rotation", "augment_flip"]),
+        ({"zoom": 0.1}, ["augment_shift", "augment_zoom", "augment_flip"]),
+        ({"erasing": 0.5}, ["augment_shift", "augment_flip", "augment_erasing"]),
+        ({"rotation": 10.0, "zoom": 0.1, "erasing": 0.5}, list(AUGMENT_LAYERS)),
+        ({"rotation": 10.0, "zoom": 0.1, "erasing": 0.5, "augmentation": False}, []),
+        ({"shift": 0.0, "hflip": False, "rotation": 10.0}, ["augment_rotation"]),
+    ],
+)
+def test_augmentation_layers_only_when_their_option_is_on(changes, expected):
+    model = training_model(build_model(SMALLEST), TrainConfig(**changes))
+    assert _augment_layers(model) == expected  # in this order: shift, rotation, zoom, flip, erasing
+    seeds = [model.get_layer(name).seed for name in expected]
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_augmentation_layers_are_settings_of_the_recipe():
+    train = TrainConfig(rotation=30.0, zoom=0.2, erasing=0.25, seed=7)
+    model = training_model(build_model(SMALLEST), train)
+    rotation, zoom, erasing = (model.get_layer(f"augment_{n}") for n in ("rotation", "zoom", "erasing"))
+    assert rotation.factor == pytest.approx((-30 / 360, 30 / 360)) and rotation.fill_mode == "nearest"
+    assert zoom.height_factor == pytest.approx((-0.2, 0.2)) and zoom.fill_mode == "nearest"
+    # (p, p): each image is erased with probability p (a single float p would mean U(0, p)).
+    assert erasing.factor == pytest.approx((0.25, 0.25)) and tuple(erasing.value_range) == (0, 1)
+    assert {layer.seed for layer in (rotation, zoom, erasing)} == {9, 10, 11}
+
+
+def test_augmentation_is_inactive_at_inference():
+    core = build_model(SMALLEST)
+    plain = training_model(core, TrainConfig(augmentation=False))
+    augmented = training_model(core, TrainConfig(rotation=40.0, zoom=0.3, erasing=1.0))  # same core weights
+    images = np.random.default_rng(0).integers(0, 256, (6, 48, 48, 1), dtype=np.uint8)
+    expected = keras.ops.convert_to_numpy(plain(images, training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(augmented(images, training=False)), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(augmented.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_erasing_probability_one_erases_every_image():
+    model = training_model(build_model(SMALLEST), TrainConfig(shift=0.0, hflip=False, erasing=1.0))
+    layer = model.get_layer("augment_erasing")
+    images = np.full((32, 48, 48, 1), 0.5, dtype="float32")
+    erased = keras.ops.convert_to_numpy(layer(images, training=True))
+    changed = (erased != images).reshape(len(images), -1)
+    assert changed.any(axis=1).all()  # the layer's single-float factor=1.0 would erase about half
+    assert 0.02 <= changed.mean(axis=1).min() and changed.mean(axis=1).max() <= 0.34
+    assert erased.min() >= 0.0 and erased.max() <= 1.0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(images, training=False)), images)
+
+
+def _feed_inputs(n=37, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 48, 48, 1), dtype=np.uint8)
+    labels = np.eye(len(CLASSES), dtype="float32")[rng.integers(0, len(CLASSES), n)]
+    return images, labels
+
+
+def test_mixup_feed_mixes_images_and_labels():
+    images, labels = _feed_inputs()
+    feed = MixupFeed(images, labels, batch_size=8, alpha=0.4, epochs=2, seed=5)
+    assert feed.steps_per_epoch == 5 and len(feed) == 10
+    sizes = []
+    for i in range(len(feed)):
+        x, y = feed[i]
+        assert x.dtype == np.uint8 and x.shape[1:] == (48, 48, 1) and y.dtype == np.float32
+        assert len(x) == len(y)
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
+        assert y.min() >= 0.0 and (np.count_nonzero(y, axis=1) <= 2).all()  # two one-hot rows mixed
+        sizes.append(len(x))
+    assert sizes == [8, 8, 8, 8, 5] * 2
+    # Mixed, not copied: some labels are fractional.
+    assert any(((feed[i][1] > 0) & (feed[i][1] < 1)).any() for i in range(len(feed)))
+    # Each epoch visits every image once, in an order seeded by (seed, epoch).
+    first, second = feed._epoch_order(0), feed._epoch_order(1)
+    assert sorted(first) == sorted(second) == list(range(len(images))) and list(first) != list(second)
+    # A batch depends only on its index: another feed (or a prefetch) sees the same data.
+    again = MixupFeed(images, labels, batch_size=8, alpha=0.4, epochs=2, seed=5)
+    for i in (7, 0, 9):
+        np.testing.assert_array_equal(again[i][0], feed[i][0])
+        np.testing.assert_array_equal(again[i][1], feed[i][1])
+    other = MixupFeed(images, labels, batch_size=8, alpha=0.4, epochs=2, seed=6)
+    assert not np.array_equal(other[0][0], feed[0][0])
+    with pytest.raises(IndexError):
+        feed[len(feed)]
+
+
+def test_mixup_with_an_image_mixed_with_itself_is_the_image():
+    images, labels = _feed_inputs(n=1)
+    x, y = MixupFeed(images, labels, batch_size=4, alpha=1.0, epochs=1, seed=0)[0]
+    np.testing.assert_array_equal(x, images)
+    np.testing.assert_array_equal(y, labels)
+
+
+def test_fit_with_every_new_option(tiny):
+    """Mixup feed, rotation/zoom/erasing layers, cosine schedule and flip TTA in one tiny run."""
+    data, splits = tiny
+    train = TrainConfig(
+        batch_size=8, epochs=2, seed=3, schedule="cosine", rotation=15.0, zoom=0.1, erasing=0.5, mixup=0.4, tta_hflip=True
+    )
+    result = fit(SMALLEST, train, data, splits)
+    assert result.epochs_run == 2 and np.isfinite(result.history["loss"]).all()
+    assert result.history["lr"] == pytest.approx([1e-3, 0.5e-3])  # cosine over 2 epochs
+    assert set(result.evaluation) == {"val", "test", "test_public", "test_private"}
+    assert result.evaluation["val"]["n"] == len(splits.val)
+    assert result.evaluation["test"]["n"] == len(splits.test) == len(result.test_predictions)
+    assert result.train_images == len(splits.train) and result.images_per_second > 0
+
+
+def test_flip_tta_averages_each_image_with_its_mirror():
+    # A dense layer on raw pixels: left and right matter, so mirroring changes the output.
+    model = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7, activation="softmax")])
+    images = np.random.default_rng(1).random((5, 48, 48, 1)).astype("float32")
+    mirrored = images[:, :, ::-1]
+    plain = predict_proba(model, images, batch_size=4)
+    np.testing.assert_allclose(plain, model.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(plain, model.predict(mirrored, verbose=0), atol=1e-3)
+    averaged = predict_proba(model, images, batch_size=4, hflip=True)
+    expected = (model.predict(images, verbose=0) + model.predict(mirrored, verbose=0)) / 2
+    np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict_proba(model, mirrored, batch_size=4, hflip=True), averaged, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(averaged.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_fit_with_flip_tta_evaluates_val_and_test(tiny):
+    data, splits = tiny
+    result = fit(SMALLEST, dataclasses.replace(TINY_TRAIN, epochs=1, tta_hflip=True), data, splits)
+    assert result.evaluation["val"]["n"] == len(splits.val)
+    assert result.evaluation["test"]["n"] == len(splits.test) == len(result.test_predictions)
+    assert len(result.history["val_accuracy"]) == 1  # per-epoch validation stays plain
+
+
+def test_evaluate_test_may_be_asked_after_training(tiny):
+    data, splits = tiny
+    events = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            events.append("trained")
+
+    def ask():
+        events.append("asked")
+        return False
+
+    result = fit(SMALLEST, dataclasses.replace(TINY_TRAIN, epochs=1), data, splits, callbacks=[Watch()], evaluate_test=ask)
+    assert events == ["trained", "asked"]
+    assert set(result.evaluation) == {"val"} and result.test_predictions is None
+
+
+def test_a_diverging_loss_raises_training_error(tiny, tmp_path):
+    data, splits = tiny
+    train = TrainConfig(optimizer="sgd", learning_rate=1e30, batch_size=8, epochs=2, seed=3)
+    checkpoint = tmp_path / "run" / "best.weights.h5"
+    with pytest.raises(TrainingError, match=r"^training diverged: loss became (nan|inf) at epoch 1 .*lower learning rate\)$"):
+        fit(SMALLEST, train, data, splits, checkpoint=checkpoint)
+    assert not checkpoint.exists()  # no epoch of diverged weights reached the checkpoint
+    assert TrainingError.exit_code == 2

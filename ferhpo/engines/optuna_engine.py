@@ -1,0 +1,290 @@
+"""The Optuna engine: samplers, pruners, and the worker loop that runs trials.
+
+A worker asks the study for a trial, draws its hyperparameters through the space's
+adapter, writes the trial's spec and trains it in a child process
+(`ferhpo.engines.trial`), which reports the validation objective after every epoch
+straight to the storage, so the study's pruner sees it. The worker then stores the
+trial's record and ends the trial.
+
+Several workers (processes here, or machines sharing a PostgreSQL URL) cooperate only
+through the storage. Exactly `trials` trials are counted (`store.counted`): a worker
+starts one only while completed + running ones are fewer. Heartbeats mark the trial of
+a killed worker failed after a grace period, and Optuna re-queues it with the same
+parameters; a trial started by a race past the count is marked surplus and ignored.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import shutil
+import signal
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import optuna
+
+from ferhpo import store
+from ferhpo.atomic import write_json
+from ferhpo.config import TrainConfig, model_config_to_dict
+from ferhpo.engines import SearchSettings
+from ferhpo.engines.trial import SPEC, run_process
+from ferhpo.errors import ConfigError, FerhpoError
+from ferhpo.spaces import Space, load_space, suggest_optuna
+
+POLL_SECONDS = 2.0
+
+
+class TrialFailed(Exception):
+    """A trial failed by itself (reason in the trial's ERROR_ATTR); the study goes on."""
+
+
+class SurplusTrial(Exception):
+    """A trial that a race between workers started past the requested count."""
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    """The per-epoch pruner; the budget's epochs are Hyperband's maximum resource."""
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"unknown pruner {name!r}; expected hyperband, asha, median or none")
+
+
+def make_sampler(name: str, space: Space, seed: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            # constant_liar: parallel workers do not all draw next to the same optimum.
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, group=True, constant_liar=True, warn_independent_sampling=False
+            )
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "grid":
+            return optuna.samplers.GridSampler(grid_of(space), seed=seed)
+        if name == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        if name == "gp":
+            import importlib.util
+
+            if not all(importlib.util.find_spec(m) for m in ("torch", "scipy")):
+                raise FerhpoError(
+                    "the gp sampler needs PyTorch and SciPy; expected them installed (pip install torch scipy), "
+                    "or choose --sampler tpe"
+                )
+            return optuna.samplers.GPSampler(seed=seed)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ConfigError(f"unknown sampler {name!r}; expected tpe, random, grid, cmaes, gp or nsga2")
+
+
+#: GridSampler lists every combination up front; beyond this it is not a grid search.
+MAX_GRID_POINTS = 100_000
+
+
+def grid_of(space: Space) -> dict[str, list]:
+    """The space's grid for --sampler grid; ConfigError when it is too large to walk."""
+    import math
+
+    grid = space.grid()
+    points = math.prod(len(v) for v in grid.values())
+    if points > MAX_GRID_POINTS:
+        raise ConfigError(
+            f"--sampler grid needs a small space, at most {MAX_GRID_POINTS:,} points, but space "
+            f"{space.name!r} has {points:,} ({len(grid)} parameters); write a space file with fewer "
+            f"parameters or choices, or use --sampler tpe"
+        )
+    return grid
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: receive SIGKILL when the parent dies (Linux).
+
+    A killed worker must not leave its trial training on as an orphan."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _alive(trial: optuna.trial.FrozenTrial) -> bool:
+    return store.counted(trial) or trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+
+
+def counts(study) -> dict[str, int]:
+    """Counted trials by outcome, and those running or waiting (re-queued)."""
+    out = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
+    for t in study.get_trials(deepcopy=False):
+        if store.counted(t):
+            out[{"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name]] += 1
+        elif t.state == optuna.trial.TrialState.RUNNING:
+            out["running"] += 1
+        elif t.state == optuna.trial.TrialState.WAITING:
+            out["waiting"] += 1
+    out["done"] = out["complete"] + out["pruned"] + out["failed"]
+    return out
+
+
+class Worker:
+    """One worker process of a search: runs trials until the study has enough."""
+
+    def __init__(self, settings: SearchSettings, index: int = 0, deadline: float | None = None):
+        self.settings = settings
+        self.index = index
+        self.deadline = deadline
+        self.space = load_space(settings.space_path)
+        self.budget = settings.budget_obj()
+        self.storage = store.open_storage(settings.storage, heartbeat=True)
+        existing = len(optuna.load_study(study_name=settings.study, storage=self.storage).get_trials(deepcopy=False))
+        # Different seeds per worker and per resumption: equal seeds would replay the
+        # same random draws (TPE's start-up trials, the random sampler) as duplicates.
+        seed = settings.seed * 1_000_003 + index * 7919 + existing
+        self.study = optuna.load_study(
+            study_name=settings.study,
+            storage=self.storage,
+            sampler=make_sampler(settings.sampler, self.space, seed),
+            pruner=make_pruner(settings.pruner, settings.max_epochs),
+        )
+        self.interrupted_params: dict | None = None
+
+    # ----------------------------------------------------------------- the loop
+
+    def run(self) -> int:
+        try:
+            while self._should_start():
+                self.study.optimize(self._objective, n_trials=1, catch=(TrialFailed, SurplusTrial), gc_after_trial=False)
+        except KeyboardInterrupt:
+            if self.interrupted_params is not None:
+                # The next run redoes the interrupted trial with the same parameters.
+                self.study.enqueue_trial(self.interrupted_params, skip_if_exists=False)
+            return 130
+        return 0
+
+    def _should_start(self) -> bool:
+        wanted = self.settings.trials
+        while True:
+            if self.deadline is not None and time.time() >= self.deadline:
+                return False
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
+            c = counts(self.study)
+            if c["done"] >= wanted:
+                return False
+            if c["waiting"] or c["done"] + c["running"] < wanted:
+                return True
+            # The remaining trials run elsewhere: wait for them to end, or to go stale
+            # (then they are re-queued and this worker may take them).
+            time.sleep(POLL_SECONDS)
+
+    # ----------------------------------------------------------------- one trial
+
+    def _objective(self, trial: optuna.trial.Trial):
+        s = self.settings
+        mine = trial.number
+        before = [t for t in self.study.get_trials(deepcopy=False) if t.number < mine and _alive(t)]
+        if len(before) >= s.trials:
+            trial.set_user_attr(store.SURPLUS_ATTR, True)
+            raise SurplusTrial(f"trial {mine} is past the requested {s.trials} trials")
+
+        values = suggest_optuna(self.space, trial)
+        try:
+            model, train = self.space.configs(values)
+            train = dataclasses.replace(train, epochs=s.max_epochs, seed=s.seed)
+        except ConfigError as exc:
+            return self._fail(trial, f"configuration rejected: {exc}")
+
+        name = f"trial-{mine}"
+        folder = store.run_dir(s.study, f"{name}-{uuid.uuid4().hex[:8]}", Path(s.study_dir))
+        spec = trial_spec(s, name=name, folder=folder, model=model, train=train, values=values, trial=trial)
+        write_json(folder / SPEC, spec)
+        try:
+            outcome = run_process(folder, preexec_fn=_die_with_parent)
+        except KeyboardInterrupt:
+            trial.set_user_attr(store.INTERRUPTED_ATTR, True)
+            self.interrupted_params = dict(trial.params)
+            shutil.rmtree(folder, ignore_errors=True)  # a partial run is not kept
+            raise
+        if outcome.error is not None:
+            return self._fail(trial, outcome.error)
+
+        record = outcome.record
+        trial.set_user_attr(store.RECORD_ATTR, record)
+        trial.set_user_attr("run", record["run"])
+        trial.set_user_attr("kind", record["kind"])
+        if record["status"] == "pruned":
+            raise optuna.TrialPruned(f"pruned after epoch {record['search'].get('pruned_at_epoch')}")
+        value = objective_value(record, s.objectives[0])
+        if s.multi_objective:
+            return value, float(record["params"])
+        return value
+
+    def _fail(self, trial: optuna.trial.Trial, reason: str):
+        trial.set_user_attr(store.ERROR_ATTR, reason)
+        raise TrialFailed(reason)
+
+
+def objective_value(record: dict, objective: str) -> float:
+    """The trial's value: the best per-epoch validation objective (what the pruner saw)."""
+    curve = record["search"].get("objective_curve") or []
+    finite = [v for v in curve if v == v]
+    if finite:
+        return max(finite)
+    return float(record["best_val_accuracy"]) if objective == "val_accuracy" else float(record["evaluation"]["val"][objective])
+
+
+def trial_spec(s: SearchSettings, *, name: str, folder: Path, model, train: TrainConfig, values: dict, trial=None) -> dict:
+    """Everything a trial process needs, as plain data (written to its spec.json)."""
+    return {
+        "study": s.study,
+        "storage": s.storage if trial is not None else None,
+        "trial_id": trial._trial_id if trial is not None else None,
+        "trial_number": trial.number if trial is not None else None,
+        "name": name,
+        "folder": str(folder),
+        "model": model_config_to_dict(model),
+        "train": dataclasses.asdict(train),
+        "budget": s.budget,
+        "protocol": s.protocol,
+        "objective": s.objectives[0],
+        "multi_objective": s.multi_objective,
+        "hyperparameters": values,
+        "data": s.data,
+        "search": {
+            "engine": s.engine,
+            "sampler": s.sampler,
+            "pruner": s.pruner,
+            "objectives": list(s.objectives),
+            "space": s.space.get("name"),
+            "max_epochs": s.max_epochs,
+            "trial_number": trial.number if trial is not None else None,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker process entry: ``python -m ferhpo.engines.optuna_engine SETTINGS INDEX [DEADLINE]``."""
+    argv = sys.argv[1:] if argv is None else argv
+    settings = SearchSettings.from_json(Path(argv[0]).read_text())
+    deadline = float(argv[2]) if len(argv) > 2 and argv[2] != "none" else None
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        return Worker(settings, int(argv[1]), deadline).run()
+    except KeyboardInterrupt:
+        return 130
+    except FerhpoError as exc:
+        print(f"ferhpo: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""One search trial, trained in its own process.
+
+The engine writes a spec (`spec.json`: configs, budget, data, where to report) into the
+trial's folder and starts ``python -m ferhpo.engines.trial SPEC``. The process trains
+with the one fit function; after every epoch it reports the validation objective to
+the trial in the Optuna storage and asks the study's pruner whether to stop. It ends
+with `record.json` (complete or pruned) or `failure.json` (why it failed) in the
+folder, both written atomically, and exit code 0 or 1.
+
+A process per trial is what keeps a long search's memory flat: whatever Keras, the
+backend or the allocator keep after a model is returned to the system when the process
+exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ferhpo.atomic import write_json
+from ferhpo.errors import FerhpoError
+
+SPEC = "spec.json"
+RECORD = "record.json"
+FAILURE = "failure.json"
+LOG = "trial.log"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a trial process left: its record (complete or pruned), or why it failed."""
+
+    record: dict[str, Any] | None
+    error: str | None
+    seconds: float
+
+
+def _tail(path: Path, lines: int = 1) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=None) -> Outcome:
+    """Run the trial whose spec lies in `folder` in a fresh Python process; wait for it.
+
+    KeyboardInterrupt propagates after the child has exited (Ctrl-C reaches the whole
+    process group, so the child stops too).
+    """
+    start = time.perf_counter()
+    with open(folder / LOG, "wb") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ferhpo.engines.trial", str(folder / SPEC)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=preexec_fn,
+        )
+        try:
+            code = child.wait()
+        except BaseException:
+            # Ctrl-C or the worker being stopped: never leave an orphan training.
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            raise
+    seconds = time.perf_counter() - start
+    record_path, failure_path = folder / RECORD, folder / FAILURE
+    if code == 0 and record_path.is_file():
+        return Outcome(json.loads(record_path.read_text()), None, seconds)
+    if failure_path.is_file():
+        return Outcome(None, json.loads(failure_path.read_text())["error"], seconds)
+    if code < 0:
+        import signal
+
+        name = signal.Signals(-code).name
+        hint = " (the system's out-of-memory killer?)" if name == "SIGKILL" else ""
+        reason = f"the trial process was killed by {name}{hint}"
+    else:
+        reason = f"the trial process exited with code {code}"
+    last = _tail(folder / LOG)
+    return Outcome(None, f"{reason}; last log line: {last}" if last else reason, seconds)
+
+
+# --------------------------------------------------------------------------- in the child
+
+
+def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val, y_val):
+    """A Keras callback: report the objective after each epoch; stop when the pruner says so."""
+    import keras
+    import numpy as np
+
+    from ferhpo.training import classification_metrics
+
+    objective = spec["objective"]
+    epochs = spec["train"]["epochs"]
+    report = trial_id is not None and not spec.get("multi_objective", False)
+    trial = None
+    if report:
+        import optuna
+
+        trial = optuna.trial.Trial(study, trial_id)
+
+    class Objective(keras.callbacks.Callback):
+        """Keeps the per-epoch objective in the logs (and so in the history)."""
+
+        pruned = False
+        pruned_at = 0
+        values: list[float] = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            if objective == "macro_f1":
+                predicted = np.argmax(self.model.predict(x_val, batch_size=256, verbose=0), axis=-1)
+                value = classification_metrics(y_val, predicted)["macro_f1"]
+                logs["val_macro_f1"] = value
+            else:
+                value = float(logs.get("val_accuracy", float("nan")))
+            self.values = [*self.values, value]
+            if trial is None:
+                return
+            trial.report(value, epoch + 1)
+            # After the last epoch there is nothing left to save: the trial completes.
+            if epoch + 1 < epochs and trial.should_prune():
+                self.pruned, self.pruned_at = True, epoch + 1
+                self.model.stop_training = True
+
+    return Objective()
+
+
+def run_trial(spec: dict[str, Any], data=None) -> dict[str, Any]:
+    """Train the trial of `spec`; write its record into spec["folder"] and return it.
+
+    `data` may be handed in (tests do, to watch which images are read); otherwise the
+    dataset is loaded through the cache like every command does.
+    """
+    from ferhpo import runs
+    from ferhpo.config import Budget, TrainConfig, model_config_from_dict
+    from ferhpo.data import load_fer2013
+
+    if data is None:
+        source = spec["data"]
+        data = load_fer2013(source["path"], source.get("cache_dir"), skip_bad=source.get("skip_bad", False))
+    model = model_config_from_dict(spec["model"])
+    train = TrainConfig(**spec["train"])
+    budget = Budget(**spec["budget"])
+
+    study, trial_id = None, spec.get("trial_id")
+    if trial_id is not None:
+        import optuna
+
+        from ferhpo import store
+        from ferhpo.engines.optuna_engine import make_pruner
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(
+            study_name=spec["study"],
+            storage=store.open_storage(spec["storage"]),
+            pruner=make_pruner(spec["search"]["pruner"], train.epochs),
+        )
+
+    splits = runs.budget_splits(data, spec["protocol"], budget, train.seed)
+    x_val = data.images[splits.val][..., None]
+    callback = _objective_callback(spec, study, trial_id, x_val, data.labels[splits.val])
+    record = runs.train_run(
+        study_name=spec["study"],
+        name=spec["name"],
+        kind="trial",
+        model=model,
+        train=train,
+        data=data,
+        protocol=spec["protocol"],
+        budget=budget,
+        folder=Path(spec["folder"]),
+        callbacks=[callback],
+        evaluate_test=lambda: not callback.pruned,
+        status=lambda: "pruned" if callback.pruned else "complete",
+        hyperparameters=spec["hyperparameters"],
+        search=lambda: {
+            **spec["search"],
+            "objective": spec["objective"],
+            "objective_curve": callback.values,
+            "pruned_at_epoch": callback.pruned_at or None,
+        },
+    )
+    return record.to_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec_path = Path(argv[0])
+    spec = json.loads(spec_path.read_text())
+    folder = Path(spec["folder"])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import logging
+
+        import keras  # noqa: F401  (the backend loads before the clock of the first epoch)
+
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        run_trial(spec)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except FerhpoError as exc:
+        error = str(exc)
+    except MemoryError:
+        error = "out of memory (MemoryError) while training"
+    except Exception as exc:  # the study goes on; the reason is kept with the trial
+        import traceback
+
+        traceback.print_exc()
+        text = str(exc).strip().splitlines()
+        kind = type(exc).__name__
+        if "OOM" in kind or "ResourceExhausted" in kind or "out of memory" in str(exc).lower():
+            error = f"out of memory: {text[0] if text else kind}"
+        else:
+            error = f"{kind}: {text[0] if text else ''}".rstrip(": ")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / FAILURE, {"error": error})
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

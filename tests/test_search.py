@@ -1,0 +1,388 @@
+"""`ferhpo search`: both engines on real data, pruning, resume after a kill, several
+workers, failure isolation, and the rule that selection never reads test images.
+
+Searches run the real command on a tiny space (ResNet v1 depth 8) at the smoke budget,
+so a trial takes seconds; the shipped spaces are exercised by tests/test_spaces.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from conftest import run_cli, tiny_items, write_folder
+from ferhpo import store
+
+TINY_SPACE = """
+[space]
+family = "resnet"
+description = "a tiny ResNet for tests"
+
+[fixed]
+depth = 8
+base_filters = 16
+batch_size = 32
+
+[params.optimizer]
+type = "categorical"
+choices = ["adam", "sgd"]
+default = "adam"
+
+[params.learning_rate]
+type = "float"
+low = 1e-4
+high = 1e-2
+log = true
+default = 1e-3
+
+[params.schedule]
+type = "categorical"
+choices = ["reference-step", "cosine"]
+default = "reference-step"
+
+[params.shift]
+type = "float"
+low = 0.0
+high = 0.2
+default = 0.1
+when = { schedule = ["cosine"] }
+"""
+
+DIVERGING_SPACE = TINY_SPACE.replace("batch_size = 32", "batch_size = 32\nlearning_rate = 1e12\nplateau = false").replace(
+    """[params.learning_rate]
+type = "float"
+low = 1e-4
+high = 1e-2
+log = true
+default = 1e-3
+""",
+    "",
+)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def space(workdir) -> Path:
+    path = workdir / "tiny.toml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    """70 training and 14 test images: enough for a holdout split with every class."""
+    return write_folder(tmp_path_factory.mktemp("fer") / "fer", tiny_items(per_class=10))
+
+
+def search(space: Path, data: Path, *args: str, cwd: Path, env: dict | None = None):
+    return run_cli("search", "--space", str(space), "--data", str(data), "--budget", "smoke", *args, cwd=cwd, env=env)
+
+
+def load(cwd: Path, name: str):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd}/studies/ferhpo.db")
+
+
+def counted(study) -> list:
+    return [t for t in study.get_trials() if store.counted(t)]
+
+
+def check_record(record: store.RunRecord, *, engine: str) -> None:
+    assert record.kind == "trial" and record.status == "complete"
+    assert record.search["engine"] == engine
+    assert set(record.hyperparameters) >= {"optimizer", "learning_rate", "schedule"}
+    assert record.epochs_run == 1 and record.history["val_accuracy"]
+    assert {"val", "test", "test_public", "test_private"} <= set(record.evaluation)
+    assert record.selection_sees == []  # holdout: validation comes from Training only
+    assert record.model["depth"] == 8 and record.train["batch_size"] == 32
+
+
+# --------------------------------------------------------------------------- both engines, real data
+
+
+def test_optuna_smoke_search_on_real_data(real_data, space, workdir):
+    result = search(space, real_data, "--trials", "2", "--study", "s", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "top 2 by validation val_accuracy" in result.stdout
+    assert "trials 2/2 (complete" in result.stdout
+    study = load(workdir, "s")
+    assert len(counted(study)) == 2
+    records = store.records(study)
+    assert len(records) == 2
+    for record in records:
+        assert record.search["sampler"] == "tpe" and record.search["pruner"] == "hyperband"
+        check_record(record, engine="optuna")
+        assert record.evaluation["test"]["n"] == 256  # the smoke budget's test subsample
+        assert (workdir / "studies" / "s" / record.artifacts["record"]).is_file()
+    # The trial's value is the validation objective, never a test number.
+    for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        record = trial.user_attrs[store.RECORD_ATTR]
+        assert trial.value == pytest.approx(record["best_val_accuracy"])
+        assert trial.intermediate_values == {1: pytest.approx(record["history"]["val_accuracy"][0])}
+
+
+def test_keras_tuner_smoke_search_on_real_data(real_data, space, workdir):
+    result = search(space, real_data, "--engine", "keras-tuner", "--trials", "2", "--study", "kt", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    study = load(workdir, "kt")
+    records = store.records(study)
+    assert [r.run for r in records] == ["kt-0", "kt-1"]
+    for record in records:
+        check_record(record, engine="keras-tuner")
+        assert record.search["tuner"] == "RandomSearch"
+    assert (workdir / "studies" / "kt" / "keras-tuner" / "oracle.json").is_file()
+    # A rerun continues KerasTuner's own state: nothing is retrained or duplicated.
+    again = search(space, real_data, "--engine", "keras-tuner", "--trials", "2", "--study", "kt", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    assert [r.run_id for r in store.records(load(workdir, "kt"))] == [r.run_id for r in records]
+
+
+# --------------------------------------------------------------------------- resume, workers, kills
+
+
+def test_rerun_continues_the_study_and_keeps_finished_trials(small_data, space, workdir):
+    first = search(space, small_data, "--trials", "2", "--study", "r", cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    before = {r.run: r.run_id for r in store.records(load(workdir, "r"))}
+    assert len(before) == 2
+    second = search(space, small_data, "--trials", "3", "--study", "r", cwd=workdir)
+    assert second.returncode == 0, second.stderr
+    after = {r.run: r.run_id for r in store.records(load(workdir, "r"))}
+    assert len(counted(load(workdir, "r"))) == 3
+    assert {k: after[k] for k in before} == before
+    # The study continues only with the settings it started with.
+    other = search(space, small_data, "--trials", "3", "--study", "r", "--protocol", "canonical", cwd=workdir)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "study 'r' was started with protocol=\"holdout\"" in other.stderr.strip().splitlines()[-1]
+
+
+def test_two_workers_share_one_study_without_duplicates(small_data, space, workdir):
+    result = search(space, small_data, "--trials", "4", "--workers", "2", "--study", "w", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    study = load(workdir, "w")
+    done = counted(study)
+    assert len(done) == 4
+    numbers = [t.number for t in study.get_trials()]
+    assert len(numbers) == len(set(numbers))
+    runs = [r.run for r in store.records(study)]
+    assert len(runs) == len(set(runs)) == 4
+
+
+def _wait_for(condition, timeout: float = 240.0, step: float = 0.5):
+    end = time.time() + timeout
+    while time.time() < end:
+        if condition():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_killed_search_resumes_with_finished_trials_intact(small_data, space, workdir):
+    env = {**os.environ, "FERHPO_HEARTBEAT": "1"}
+    args = [sys.executable, "-m", "ferhpo", "search", "--space", str(space), "--data", str(small_data),
+            "--budget", "smoke", "--max-epochs", "3", "--trials", "3", "--study", "k"]
+    proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        db = workdir / "studies" / "ferhpo.db"
+
+        def one_done_and_one_training():
+            if not db.exists():
+                return False
+            try:
+                trials = load(workdir, "k").get_trials()
+            except Exception:  # the study is being created
+                return False
+            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+            return len([t for t in trials if store.counted(t)]) >= 1 and any(t.intermediate_values for t in running)
+
+        assert _wait_for(one_done_and_one_training), "the search never reached a second trial's training"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the command, its workers and the training process
+        proc.wait()
+    study = load(workdir, "k")
+    finished = {r.run: r.run_id for r in store.records(study)}
+    killed = [t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
+    assert finished and killed
+
+    result = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    study = load(workdir, "k")
+    assert len(counted(study)) == 3
+    after = {r.run: r.run_id for r in store.records(study)}
+    assert {k: after[k] for k in finished} == finished  # nothing finished was lost or redone
+    trials = {t.number: t for t in study.get_trials()}
+    for number in killed:
+        assert trials[number].state == optuna.trial.TrialState.FAIL
+        retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == number]
+        assert len(retries) == 1 and retries[0].params == trials[number].params
+        assert store.counted(retries[0])
+
+
+def test_ctrl_c_stops_cleanly_and_queues_the_interrupted_trial(small_data, space, workdir):
+    args = [sys.executable, "-m", "ferhpo", "search", "--space", str(space), "--data", str(small_data),
+            "--budget", "smoke", "--max-epochs", "3", "--trials", "2", "--study", "c"]
+    proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+    def training():
+        try:
+            return any(t.intermediate_values for t in load(workdir, "c").get_trials())
+        except Exception:
+            return False
+
+    try:
+        assert _wait_for(training), "no trial started training"
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted; study 'c' keeps" in err and "rerun the same command" in err
+    trials = load(workdir, "c").get_trials()
+    stopped = [t for t in trials if t.user_attrs.get(store.INTERRUPTED_ATTR)]
+    assert len(stopped) == 1 and not store.counted(stopped[0])
+    queued = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(queued) == 1 and queued[0].system_attrs["fixed_params"] == stopped[0].params
+    folders = [p.name for p in (workdir / "studies" / "c").iterdir() if p.name.startswith(f"trial-{stopped[0].number}-")]
+    assert folders == []  # the partial run was discarded
+
+
+# --------------------------------------------------------------------------- failures and objectives
+
+
+def test_a_diverging_trial_is_recorded_as_failed_and_the_study_goes_on(small_data, workdir):
+    path = workdir / "diverging.toml"
+    path.write_text(DIVERGING_SPACE)
+    result = search(path, small_data, "--trials", "2", "--study", "nan", "--max-epochs", "3", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    study = load(workdir, "nan")
+    failures = store.failures(study)
+    assert len(failures) == 2 and len(counted(study)) == 2
+    assert all("diverged" in f["error"] for f in failures), failures
+    assert "no trial completed yet" in result.stdout
+
+
+def test_two_objectives_store_a_pareto_front(small_data, space, workdir):
+    result = search(space, small_data, "--trials", "2", "--study", "mo", "--objective", "val_accuracy,params",
+                    "--sampler", "random", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "Pareto front" in result.stdout
+    study = load(workdir, "mo")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    front = study.user_attrs["ferhpo.pareto"]
+    assert front and set(front) <= {r.run for r in store.records(study)}
+
+
+# --------------------------------------------------------------------------- in-process: pruning and test data
+
+
+class WatchedImages(np.ndarray):
+    """Images that log every read touching the test rows, and when it happened."""
+
+    def __array_finalize__(self, obj):
+        self.log = getattr(obj, "log", None)
+        self.test_rows = getattr(obj, "test_rows", None)
+
+    def __getitem__(self, index):
+        out = super().__getitem__(index)
+        if isinstance(index, np.ndarray) and index.dtype.kind in "iu" and self.test_rows is not None:
+            if np.isin(index, self.test_rows).any():
+                self.log.append("test-read")
+        return out
+
+
+def _watched(data):
+    from ferhpo.data import make_splits
+
+    images = data.images.view(WatchedImages)
+    images.log = []
+    images.test_rows = make_splits(data, "holdout", 0).test
+    return dataclasses.replace(data, images=images), images.log
+
+
+def _spec(tmp_path, study_name: str, storage: str, trial, pruner: str, learning_rate: float, epochs: int = 3):
+    from ferhpo.config import BUDGETS, ResNetConfig, TrainConfig, model_config_to_dict
+
+    budget = dataclasses.replace(BUDGETS["smoke"], epochs=epochs)
+    return {
+        "study": study_name,
+        "storage": storage,
+        "trial_id": trial._trial_id,
+        "name": f"trial-{trial.number}",
+        "folder": str(tmp_path / "studies" / study_name / f"trial-{trial.number}"),
+        "model": model_config_to_dict(ResNetConfig(depth=8)),
+        "train": dataclasses.asdict(TrainConfig(epochs=epochs, batch_size=16, learning_rate=learning_rate)),
+        "budget": dataclasses.asdict(budget),
+        "protocol": "holdout",
+        "objective": "val_accuracy",
+        "hyperparameters": {"learning_rate": learning_rate},
+        "search": {"engine": "optuna", "sampler": "tpe", "pruner": pruner},
+    }
+
+
+@pytest.fixture
+def watched_study(tmp_path, small_data):
+    from ferhpo.data import load_fer2013
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="p", storage=storage, direction="maximize")
+    # Three earlier trials that reached 0.99 at every epoch: anything real is hopeless next to them.
+    for _ in range(3):
+        study.add_trial(optuna.trial.create_trial(value=0.99, intermediate_values={1: 0.99, 2: 0.99, 3: 0.99}))
+    data, log = _watched(load_fer2013(small_data, tmp_path / "cache"))
+    return study, storage, data, log
+
+
+def test_the_pruner_stops_a_hopeless_trial_and_test_images_stay_unread(tmp_path, watched_study):
+    from ferhpo.engines.trial import run_trial
+
+    study, storage, data, log = watched_study
+    trial = study.ask()
+    record = run_trial(_spec(tmp_path, "p", storage, trial, "median", learning_rate=1e-9), data=data)
+    assert record["status"] == "pruned"
+    assert record["search"]["pruned_at_epoch"] == 1 and record["epochs_run"] == 1
+    assert "test" not in record["evaluation"] and "test_predictions" not in record["artifacts"]
+    assert log == []  # a pruned trial never reads a test image
+    assert study.get_trials()[-1].intermediate_values.keys() == {1}
+
+
+def test_test_images_are_read_only_after_training_ends(tmp_path, watched_study, monkeypatch):
+    from ferhpo.engines import trial as trial_module
+
+    study, storage, data, log = watched_study
+    original = trial_module._objective_callback
+
+    def instrumented(*args, **kwargs):
+        callback = original(*args, **kwargs)
+        epoch_end = callback.on_epoch_end
+
+        def on_epoch_end(epoch, logs=None):
+            log.append(f"epoch-{epoch + 1}")
+            epoch_end(epoch, logs)
+
+        callback.on_epoch_end = on_epoch_end
+        callback.on_train_end = lambda logs=None: log.append("train-end")
+        return callback
+
+    monkeypatch.setattr(trial_module, "_objective_callback", instrumented)
+    trial = study.ask()
+    record = trial_module.run_trial(_spec(tmp_path, "p", storage, trial, "none", learning_rate=1e-3, epochs=2), data=data)
+    assert record["status"] == "complete" and "test" in record["evaluation"]
+    assert log == ["epoch-1", "epoch-2", "train-end", "test-read"]
