@@ -56,7 +56,6 @@ def test_every_command_is_in_the_table():
 @pytest.mark.parametrize(
     "args",
     [
-        ["report", "--study", "s"],
         ["bench"],
     ],
 )
