@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
+from ferhpo import faults
+
 # mkstemp creates files readable by the owner only; results should get the usual mode.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -34,6 +36,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        faults.point("atomic-write")  # a crash here must leave the old file, or none
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -522,6 +522,23 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["holdout", "canonical"], default="holdout",
                    help="split protocol: validation from Training (holdout, default) or PublicTest (canonical)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the splits, the initialisation and the sampler (default 0)")
+    p.add_argument(
+        "--trial-memory",
+        type=_positive_float,
+        metavar="GB",
+        help="cap each trial process's memory (address space) on CPU machines: a model that does not fit fails "
+        "as its trial, out of memory, and the study goes on (default: no cap; not for GPU backends)",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
 
 def _resolve_engine_options(args: argparse.Namespace, objectives: tuple[str, ...]) -> tuple[str, str]:
@@ -597,8 +614,12 @@ def _search_run(args: argparse.Namespace) -> int:
         },
         data_fingerprint=data.info.fingerprint,
         study_dir=str(store.STUDIES_DIR),
+        trial_memory_gb=args.trial_memory,
     )
     _quiet_optuna()
+    from ferhpo.engines.runner import prepare_study
+
+    prepare_study(settings)  # a bad storage or a clashing study fails here, before any output
     live = _LiveLine(objectives[0])
     what = "Hyperband tuner" if sampler == "hyperband" and args.engine == "keras-tuner" else f"sampler {sampler}, pruner {pruner}"
     print(

@@ -32,3 +32,10 @@ class TrainingError(FerhpoError):
     A property of the configuration being trained (a search records it as that
     trial's failure), not of the program.
     """
+
+
+class WorkerError(FerhpoError):
+    """A search worker process died (killed, out of memory). Not the user's input:
+    exit code 1; the study itself is intact and a rerun continues it."""
+
+    exit_code = 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,15 +153,27 @@ def open_storage(url: str | None = None, *, heartbeat: bool = False):
     beat = {}
     if heartbeat:
         interval = heartbeat_seconds()
-        beat = {
-            "heartbeat_interval": interval,
-            "grace_period": GRACE_FACTOR * interval,
-            "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=None),
-        }
+        beat = {"heartbeat_interval": interval, "grace_period": GRACE_FACTOR * interval}
+        if not hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna < 5
+            beat["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=None)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9; ferhpo relies on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if heartbeat and hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+                beat["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        if "import DB access module" in reason or isinstance(exc, ImportError):
+            scheme = url.split("://", 1)[0]
+            hint = (
+                "pip install 'ferhpo[postgres]' (psycopg)"
+                if scheme.startswith("postgres")
+                else f"the SQLAlchemy driver for {scheme} installed"
+            )
+            raise StoreError(
+                f"cannot open storage {url}: no database driver for {scheme}:// is installed; expected {hint}"
+            ) from None
         raise StoreError(f"cannot open storage {url}: {reason}; expected a reachable, writable Optuna storage") from None
 
 

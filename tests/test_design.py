@@ -19,7 +19,8 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 # file or folder under ferhpo/ -> third-party or ferhpo modules it may import
 ALLOWED = {
     "errors.py": set(),
-    "atomic.py": set(),
+    "atomic.py": {"ferhpo.faults"},
+    "faults.py": set(),
     "config.py": {"ferhpo.errors"},
     "data.py": {"numpy", "PIL", "platformdirs", "ferhpo.errors", "ferhpo.atomic"},
     "models": {"keras", "ferhpo.config", "ferhpo.errors", "ferhpo.models"},
@@ -35,7 +36,7 @@ ALLOWED = {
     "engines": {
         "optuna", "keras_tuner", "numpy", "keras",
         "ferhpo.spaces", "ferhpo.training", "ferhpo.store", "ferhpo.runs", "ferhpo.config", "ferhpo.data",
-        "ferhpo.errors", "ferhpo.atomic", "ferhpo.engines", "ferhpo.report",
+        "ferhpo.errors", "ferhpo.atomic", "ferhpo.engines", "ferhpo.faults", "ferhpo.report",
     },
 }
 

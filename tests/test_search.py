@@ -1,5 +1,6 @@
-"""`ferhpo search`: both engines on real data, pruning, resume after a kill, several
-workers, failure isolation, and the rule that selection never reads test images.
+"""`ferhpo search`: both engines on real data, pruning, resume, Ctrl-C, several workers,
+failure isolation, and the rule that selection never reads test images. Kills are
+tests/test_crash.py's, distributed studies tests/test_distributed.py's.
 
 Searches run the real command on a tiny space (ResNet v1 depth 8) at the smoke budget,
 so a trial takes seconds; the shipped spaces are exercised by tests/test_spaces.py.
@@ -8,7 +9,6 @@ so a trial takes seconds; the shipped spaces are exercised by tests/test_spaces.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -170,18 +170,6 @@ def test_rerun_continues_the_study_and_keeps_finished_trials(small_data, space, 
     assert "study 'r' was started with protocol=\"holdout\"" in other.stderr.strip().splitlines()[-1]
 
 
-def test_two_workers_share_one_study_without_duplicates(small_data, space, workdir):
-    result = search(space, small_data, "--trials", "4", "--workers", "2", "--study", "w", cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    study = load(workdir, "w")
-    done = counted(study)
-    assert len(done) == 4
-    numbers = [t.number for t in study.get_trials()]
-    assert len(numbers) == len(set(numbers))
-    runs = [r.run for r in store.records(study)]
-    assert len(runs) == len(set(runs)) == 4
-
-
 def _wait_for(condition, timeout: float = 240.0, step: float = 0.5):
     end = time.time() + timeout
     while time.time() < end:
@@ -189,48 +177,6 @@ def _wait_for(condition, timeout: float = 240.0, step: float = 0.5):
             return True
         time.sleep(step)
     return False
-
-
-def test_killed_search_resumes_with_finished_trials_intact(small_data, space, workdir):
-    env = {**os.environ, "FERHPO_HEARTBEAT": "1"}
-    args = [sys.executable, "-m", "ferhpo", "search", "--space", str(space), "--data", str(small_data),
-            "--budget", "smoke", "--max-epochs", "3", "--trials", "3", "--study", "k"]
-    proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        db = workdir / "studies" / "ferhpo.db"
-
-        def one_done_and_one_training():
-            if not db.exists():
-                return False
-            try:
-                trials = load(workdir, "k").get_trials()
-            except Exception:  # the study is being created
-                return False
-            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-            return len([t for t in trials if store.counted(t)]) >= 1 and any(t.intermediate_values for t in running)
-
-        assert _wait_for(one_done_and_one_training), "the search never reached a second trial's training"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the command, its workers and the training process
-        proc.wait()
-    study = load(workdir, "k")
-    finished = {r.run: r.run_id for r in store.records(study)}
-    killed = [t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
-    assert finished and killed
-
-    result = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    study = load(workdir, "k")
-    assert len(counted(study)) == 3
-    after = {r.run: r.run_id for r in store.records(study)}
-    assert {k: after[k] for k in finished} == finished  # nothing finished was lost or redone
-    trials = {t.number: t for t in study.get_trials()}
-    for number in killed:
-        assert trials[number].state == optuna.trial.TrialState.FAIL
-        retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == number]
-        assert len(retries) == 1 and retries[0].params == trials[number].params
-        assert store.counted(retries[0])
 
 
 def test_ctrl_c_stops_cleanly_and_queues_the_interrupted_trial(small_data, space, workdir):

@@ -48,6 +48,7 @@ class SearchSettings:
     data: dict[str, Any]  # path, cache_dir, skip_bad
     data_fingerprint: str
     study_dir: str = "studies"
+    trial_memory_gb: float | None = None  # address-space cap of each trial process (CPU)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,7 +72,11 @@ class SearchSettings:
         return cls(**raw)
 
     def binding(self) -> dict[str, Any]:
-        return {k: getattr(self, k) if k != "objectives" else list(self.objectives) for k in _BINDING}
+        """What a rerun must repeat. The space counts by its content: where its file lies
+        and how it is described may change."""
+        out = {k: getattr(self, k) if k != "objectives" else list(self.objectives) for k in _BINDING}
+        out["space"] = {k: v for k, v in self.space.items() if k not in ("path", "description")}
+        return out
 
 
 def parse_objectives(text: str) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ import optuna
 from ferhpo import store
 from ferhpo.atomic import write_json
 from ferhpo.engines import SearchSettings, study_dir
-from ferhpo.engines.optuna_engine import _die_with_parent, objective_value, trial_spec
+from ferhpo.engines.optuna_engine import objective_value, trial_preexec, trial_spec
 from ferhpo.engines.runner import Progress, SearchOutcome, prepare_study
 from ferhpo.engines.trial import SPEC, run_process
 from ferhpo.errors import ConfigError
@@ -99,7 +99,7 @@ class ProcessTuner(keras_tuner.Tuner):
         spec["search"]["keras_tuner_trial"] = trial.trial_id
         write_json(folder / SPEC, spec)
         try:
-            outcome = run_process(folder, preexec_fn=_die_with_parent)
+            outcome = run_process(folder, preexec_fn=trial_preexec(s.trial_memory_gb))
         except KeyboardInterrupt:
             shutil.rmtree(folder, ignore_errors=True)  # a partial run is not kept; the oracle retries it
             raise

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import optuna
 
-from ferhpo import store
+from ferhpo import faults, store
 from ferhpo.atomic import write_json
 from ferhpo.config import TrainConfig, model_config_to_dict
 from ferhpo.engines import SearchSettings
@@ -36,6 +36,21 @@ from ferhpo.errors import ConfigError, FerhpoError
 from ferhpo.spaces import Space, load_space, suggest_optuna
 
 POLL_SECONDS = 2.0
+#: The worker's resident memory (kB) when a trial ended: it must stay flat over a long
+#: search, since every trial trains in a process of its own.
+WORKER_RSS_ATTR = "ferhpo.worker_rss_kb"
+
+
+def _rss_kb() -> int | None:
+    """This process's resident set size in kB (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 class TrialFailed(Exception):
@@ -64,9 +79,7 @@ def make_sampler(name: str, space: Space, seed: int) -> optuna.samplers.BaseSamp
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
             # constant_liar: parallel workers do not all draw next to the same optimum.
-            return optuna.samplers.TPESampler(
-                seed=seed, multivariate=True, group=True, constant_liar=True, warn_independent_sampling=False
-            )
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "grid":
@@ -104,6 +117,22 @@ def grid_of(space: Space) -> dict[str, list]:
             f"parameters or choices, or use --sampler tpe"
         )
     return grid
+
+
+def trial_preexec(memory_gb: float | None):
+    """What a trial process does before it starts: die with its worker, and keep under
+    `memory_gb` of address space (so a model too large for the machine fails as that
+    trial, out of memory, instead of the system's OOM killer picking a victim)."""
+
+    def preexec() -> None:
+        _die_with_parent()
+        if memory_gb:
+            import resource
+
+            limit = int(memory_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return preexec
 
 
 def _die_with_parent() -> None:
@@ -208,7 +237,7 @@ class Worker:
         spec = trial_spec(s, name=name, folder=folder, model=model, train=train, values=values, trial=trial)
         write_json(folder / SPEC, spec)
         try:
-            outcome = run_process(folder, preexec_fn=_die_with_parent)
+            outcome = run_process(folder, preexec_fn=trial_preexec(s.trial_memory_gb))
         except KeyboardInterrupt:
             trial.set_user_attr(store.INTERRUPTED_ATTR, True)
             self.interrupted_params = dict(trial.params)
@@ -221,6 +250,8 @@ class Worker:
         trial.set_user_attr(store.RECORD_ATTR, record)
         trial.set_user_attr("run", record["run"])
         trial.set_user_attr("kind", record["kind"])
+        trial.set_user_attr(WORKER_RSS_ATTR, _rss_kb())
+        faults.point("worker-before-tell")  # the record is stored, the trial not ended
         if record["status"] == "pruned":
             raise optuna.TrialPruned(f"pruned after epoch {record['search'].get('pruned_at_epoch')}")
         value = objective_value(record, s.objectives[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,11 +18,11 @@ from typing import Callable
 
 import optuna
 
-from ferhpo import store
+from ferhpo import faults, store
 from ferhpo.atomic import write_json
 from ferhpo.engines import SETTINGS_ATTR, SearchSettings, check_resume, study_dir
 from ferhpo.engines.optuna_engine import _die_with_parent, counts
-from ferhpo.errors import FerhpoError
+from ferhpo.errors import FerhpoError, WorkerError
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def run_optuna(settings: SearchSettings, on_progress: Callable[[Progress], None]
     write_json(settings_path, dataclasses.asdict(settings))
     start = time.time()
     deadline = "none" if settings.timeout is None else repr(start + settings.timeout)
-    env = dict(os.environ)
+    env = {**os.environ, faults.ROLE: "worker"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     workers, logs = [], []
     for index in range(settings.workers):
@@ -110,15 +111,19 @@ def run_optuna(settings: SearchSettings, on_progress: Callable[[Progress], None]
     final = counts(study)
     on_progress(Progress(final, settings.trials, _best(study, settings), time.time() - start))
     if not interrupted:
-        for code, log_path in zip(codes, logs):
+        for index, (code, log_path) in enumerate(zip(codes, logs)):
             if code == 130:
                 interrupted = True
             elif code != 0:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
-                line = tail[0] if tail else f"exit code {code}"
+                line = tail[0] if tail else ""
                 if line.startswith("ferhpo: error: "):
                     raise FerhpoError(line[len("ferhpo: error: ") :])
-                raise RuntimeError(f"a search worker failed with exit code {code} ({line}); its log: {log_path}")
+                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                raise WorkerError(
+                    f"search worker {index} {how}; the study keeps its finished trials and retries the one that "
+                    f"worker was running: rerun the same command (worker log: {log_path})"
+                )
     return SearchOutcome(interrupted, final, time.time() - start)
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ferhpo import faults
 from ferhpo.atomic import write_json
 from ferhpo.errors import FerhpoError
 
@@ -61,7 +62,7 @@ def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=N
             [sys.executable, "-m", "ferhpo.engines.trial", str(folder / SPEC)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**(os.environ if env is None else env), faults.ROLE: "trial"},
             preexec_fn=preexec_fn,
         )
         try:
@@ -130,6 +131,7 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
             if trial is None:
                 return
             trial.report(value, epoch + 1)
+            faults.point("trial-reported")
             # After the last epoch there is nothing left to save: the trial completes.
             if epoch + 1 < epochs and trial.should_prune():
                 self.pruned, self.pruned_at = True, epoch + 1

@@ -1,0 +1,56 @@
+"""Long searches stay healthy: flat worker memory, and failures that stay inside their trial."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from ferhpo import store
+from ferhpo.engines.optuna_engine import WORKER_RSS_ATTR
+from test_search import TINY_SPACE, counted, load, search
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    from conftest import tiny_items, write_folder
+
+    return write_folder(tmp_path_factory.mktemp("fer") / "fer", tiny_items(per_class=4))
+
+
+def test_one_worker_keeps_its_memory_flat_over_30_trials(small_data, workdir):
+    space = workdir / "tiny.toml"
+    space.write_text(TINY_SPACE)
+    # About 10 s a trial on two cores (mostly a fresh process importing its backend): past run_cli's limit.
+    result = subprocess.run(
+        [sys.executable, "-m", "ferhpo", "search", "--space", str(space), "--data", str(small_data), "--budget",
+         "smoke", "--trials", "30", "--study", "mem", "--sampler", "random", "--pruner", "none"],
+        cwd=workdir, capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr
+    trials = sorted(counted(load(workdir, "mem")), key=lambda t: t.datetime_complete)
+    assert len(trials) == 30 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    rss = [t.user_attrs[WORKER_RSS_ATTR] for t in trials]
+    growth = (rss[29] - rss[4]) / rss[4]
+    print(f"worker RSS after trial 5: {rss[4]} kB, after trial 30: {rss[29]} kB ({100 * growth:+.1f}%)")
+    assert growth < 0.10, rss
+
+
+def test_a_model_too_large_for_memory_fails_as_its_trial(small_data, workdir):
+    space = workdir / "huge.toml"
+    # 1024 base filters: a 4096-wide 3x3 convolution alone wants 600 MB, then Adam's copies.
+    space.write_text(TINY_SPACE.replace("base_filters = 16", "base_filters = 1024"))
+    result = search(space, small_data, "--trials", "2", "--study", "oom", "--trial-memory", "3", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    study = load(workdir, "oom")
+    failures = store.failures(study)
+    assert len(failures) == 2 and len(counted(study)) == 2  # the study went on after the first
+    assert all(f["error"].startswith("out of memory") for f in failures), failures
