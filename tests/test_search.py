@@ -332,3 +332,10 @@ def test_test_images_are_read_only_after_training_ends(tmp_path, watched_study, 
     record = trial_module.run_trial(_spec(tmp_path, "p", storage, trial, "none", learning_rate=1e-3, epochs=2), data=data)
     assert record["status"] == "complete" and "test" in record["evaluation"]
     assert log == ["epoch-1", "epoch-2", "train-end", "test-read"]
+
+
+def test_timeout_stops_starting_trials_with_keras_tuner(small_data, space, workdir):
+    result = search(space, small_data, "--engine", "keras-tuner", "--trials", "5", "--timeout", "1", "--study", "t",
+                    cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert len(store.records(load(workdir, "t"))) == 1  # the first trial ran past the deadline: no second

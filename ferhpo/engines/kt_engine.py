@@ -63,6 +63,7 @@ class ProcessTuner(keras_tuner.Tuner):
         self.space = space
         self.study = study
         self.on_trial = on_trial
+        self.deadline = None if settings.timeout is None else time.time() + settings.timeout
         objective = keras_tuner.Objective(settings.objectives[0], direction="max")
         super().__init__(
             oracle=_oracle(settings, objective),
@@ -122,6 +123,12 @@ class ProcessTuner(keras_tuner.Tuner):
 
     def on_epoch_end(self, *args, **kwargs):  # no in-process model, nothing to checkpoint
         pass
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        if self.deadline is not None and time.time() >= self.deadline:
+            # --timeout: the oracle creates no more trials once it holds this many.
+            self.oracle.max_trials = len(self.oracle.trials)
 
 
 def run_keras_tuner(settings: SearchSettings, on_progress: Callable[[Progress], None]) -> SearchOutcome:
