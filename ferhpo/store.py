@@ -281,14 +281,14 @@ def counted(trial) -> bool:
         return False
     if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
         return True
-    return state == optuna.trial.TrialState.FAIL and ERROR_ATTR in trial.user_attrs
+    return state == optuna.trial.TrialState.FAIL and bool(trial.user_attrs.get(ERROR_ATTR))
 
 
 def failures(study) -> list[dict[str, Any]]:
     """Trials that failed by themselves: number, reason and hyperparameters."""
     out = []
     for trial in study.get_trials(deepcopy=False):
-        if counted(trial) and ERROR_ATTR in trial.user_attrs:
+        if counted(trial) and trial.user_attrs.get(ERROR_ATTR):
             out.append({"number": trial.number, "error": trial.user_attrs[ERROR_ATTR], "params": dict(trial.params)})
     return out
 

@@ -220,6 +220,11 @@ class Worker:
     def _objective(self, trial: optuna.trial.Trial):
         s = self.settings
         mine = trial.number
+        # A retry of a dead worker's trial inherits that trial's user attributes
+        # (Optuna copies them): what the dead attempt stored is not this attempt's.
+        for attr in (store.RECORD_ATTR, store.ERROR_ATTR, store.INTERRUPTED_ATTR, WORKER_RSS_ATTR, "run", "kind"):
+            if trial.user_attrs.get(attr) is not None:
+                trial.set_user_attr(attr, None)
         before = [t for t in self.study.get_trials(deepcopy=False) if t.number < mine and _alive(t)]
         if len(before) >= s.trials:
             trial.set_user_attr(store.SURPLUS_ATTR, True)

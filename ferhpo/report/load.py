@@ -177,7 +177,7 @@ def _failures(study) -> list[Failure]:
     for item in store.failures(study):
         trial = trials.get(item["number"])
         attrs = trial.user_attrs if trial is not None else {}
-        if store.RECORD_ATTR in attrs:  # a failed run with a record is listed as a run
+        if attrs.get(store.RECORD_ATTR):  # a failed run with a record is listed as a run
             continue
         hyper = dict(item.get("params") or attrs.get("ferhpo.hyperparameters") or {})
         run = attrs.get("run") or f"trial-{item['number']}"
