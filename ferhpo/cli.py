@@ -619,7 +619,7 @@ def _search_run(args: argparse.Namespace) -> int:
     _quiet_optuna()
     from ferhpo.engines.runner import prepare_study
 
-    prepare_study(settings)  # a bad storage or a clashing study fails here, before any output
+    study = prepare_study(settings)  # a bad storage or a clashing study fails here, before any output
     live = _LiveLine(objectives[0])
     what = "Hyperband tuner" if sampler == "hyperband" and args.engine == "keras-tuner" else f"sampler {sampler}, pruner {pruner}"
     print(
@@ -631,14 +631,13 @@ def _search_run(args: argparse.Namespace) -> int:
     if args.engine == "optuna":
         from ferhpo.engines.runner import run_optuna
 
-        outcome = run_optuna(settings, live.update)
+        outcome = run_optuna(settings, study, live.update)
     else:
         _import_keras()  # KerasTuner loads Keras: keep the backend's start-up log quiet
         from ferhpo.engines.kt_engine import run_keras_tuner
 
-        outcome = run_keras_tuner(settings, live.update)
+        outcome = run_keras_tuner(settings, study, live.update)
     live.close()
-    study = store.open_study(study_name, storage, create=False)
     c = outcome.counts
     kept = f"complete {c['complete']}, pruned {c['pruned']}, failed {c['failed']}"
     if outcome.interrupted:

@@ -587,6 +587,17 @@ def _parse_preset(path: Path, name: str, raw: Any) -> Preset:
         raise ConfigError(f"{where}: {error}") from None
 
 
+def read_toml(path: Path, *, not_found: str) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError with `not_found`, or naming the file and the syntax error."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(not_found) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+
+
 def load_presets(path: str | Path | None = None) -> dict[str, Preset]:
     """Read the preset table (default: `default_presets_path`) into ``{name: Preset}``.
 
@@ -595,13 +606,7 @@ def load_presets(path: str | Path | None = None) -> dict[str, Preset]:
     typo cannot silently fall back to a default.
     """
     path = Path(path) if path is not None else default_presets_path()
-    try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"preset table not found: {path}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    document = read_toml(path, not_found=f"preset table not found: {path}")
 
     try:
         _check_keys("the top level", document, ("presets",))

@@ -43,12 +43,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ferhpo.config import DenseNetConfig, ModelConfig, ResNetConfig, TrainConfig
+from ferhpo.config import DenseNetConfig, ModelConfig, ResNetConfig, TrainConfig, read_toml
 from ferhpo.errors import ConfigError
 
 __all__ = [
@@ -414,14 +413,7 @@ def load_space(name_or_path: str | Path | Space, *, family: str | None = None) -
 def parse_space(path: str | Path) -> Space:
     """Read and validate the space file at ``path`` (see the module docstring)."""
     path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: search space file not found") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML: {error}") from None
-    return _Reader(path).read(document)
+    return _Reader(path).read(read_toml(path, not_found=f"{path}: search space file not found"))
 
 
 class _Reader:

@@ -26,7 +26,7 @@ from ferhpo import store
 from ferhpo.atomic import write_json
 from ferhpo.engines import SearchSettings, study_dir
 from ferhpo.engines.optuna_engine import objective_value, trial_preexec, trial_spec
-from ferhpo.engines.runner import Progress, SearchOutcome, prepare_study
+from ferhpo.engines.runner import Progress, SearchOutcome
 from ferhpo.engines.trial import SPEC, run_process
 from ferhpo.errors import ConfigError
 from ferhpo.spaces import Space, declare_keras_tuner, load_space
@@ -131,11 +131,10 @@ class ProcessTuner(keras_tuner.Tuner):
             self.oracle.max_trials = len(self.oracle.trials)
 
 
-def run_keras_tuner(settings: SearchSettings, on_progress: Callable[[Progress], None]) -> SearchOutcome:
+def run_keras_tuner(settings: SearchSettings, study, on_progress: Callable[[Progress], None]) -> SearchOutcome:
     """Run the KerasTuner search in this process (its trials in child processes)."""
     from ferhpo.engines.optuna_engine import counts
 
-    study = prepare_study(settings)
     space = load_space(settings.space_path)
     start = time.time()
 

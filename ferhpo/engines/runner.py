@@ -65,9 +65,8 @@ def _best(study, settings: SearchSettings) -> float | None:
     return max(values) if values else None
 
 
-def run_optuna(settings: SearchSettings, on_progress: Callable[[Progress], None]) -> SearchOutcome:
-    """Run `settings.workers` worker processes until the study has its trials."""
-    study = prepare_study(settings)
+def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress], None]) -> SearchOutcome:
+    """Run `settings.workers` worker processes until `study` (from `prepare_study`) has its trials."""
     folder = study_dir(settings)
     settings_path = folder / "search-settings.json"
     write_json(settings_path, dataclasses.asdict(settings))
