@@ -202,14 +202,7 @@ def _data_run(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- not yet implemented
-
-
-def _not_yet(issue: str):
-    def run(args: argparse.Namespace) -> int:
-        raise FerhpoError(f"'ferhpo {args.command}' is not implemented yet ({issue}); expected in a later release")
-
-    return run
+# --------------------------------------------------------------------------- baseline
 
 
 def _baseline_arguments(p: argparse.ArgumentParser) -> None:
@@ -237,6 +230,12 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FIELD=VALUE",
         help="override a field of the selected presets' model or training config, e.g. --set depth=56 "
         "--set batch_size=16 (values in TOML syntax; repeatable)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+        help="compute precision (default: the presets', float32 as in the study); mixed_bfloat16 is faster "
+        "on GPUs and on CPUs with bfloat16 units (see 'ferhpo bench'); the same as --set precision=...",
     )
     p.add_argument("--presets", metavar="FILE", help="preset table to read (default: search_spaces/baseline.toml)")
     p.add_argument("--study", default="baseline", help="study name (default: baseline)")
@@ -269,6 +268,8 @@ def _select_presets(args: argparse.Namespace) -> list:
     overrides = _parse_overrides(args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.precision is not None:
+        overrides["precision"] = args.precision
     return [get_preset(name, path=args.presets, **overrides) for name in dict.fromkeys(names)]
 
 
@@ -392,6 +393,8 @@ def _run_summary(record, *, skipped: bool) -> dict:
         "reported_test_accuracy": record.reported_test_accuracy,
         "params": record.params,
         "wall_seconds": record.wall_seconds,
+        "epoch_seconds": record.history.get("seconds", []),
+        "train_images": record.train_images,
         "images_per_second": record.images_per_second,
         "record": str(STUDIES_DIR / record.study / record.artifacts.get("record", "")),
     }
@@ -523,6 +526,12 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
                    help="split protocol: validation from Training (holdout, default) or PublicTest (canonical)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the splits, the initialisation and the sampler (default 0)")
     p.add_argument(
+        "--precision",
+        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+        help="compute precision of every trial (default: the space's, float32 unless it fixes one); "
+        "mixed_bfloat16 is faster on GPUs and on CPUs with bfloat16 units (see 'ferhpo bench')",
+    )
+    p.add_argument(
         "--trial-memory",
         type=_positive_float,
         metavar="GB",
@@ -615,6 +624,7 @@ def _search_run(args: argparse.Namespace) -> int:
         data_fingerprint=data.info.fingerprint,
         study_dir=str(store.STUDIES_DIR),
         trial_memory_gb=args.trial_memory,
+        precision=args.precision,
     )
     _quiet_optuna()
     from ferhpo.engines.runner import prepare_study
@@ -768,12 +778,93 @@ def _report_run(args: argparse.Namespace) -> int:
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", metavar="NAME", help="presets to time (default: all five)")
+    p.add_argument("--presets", metavar="FILE", help="preset table to read (default: search_spaces/baseline.toml)")
     p.add_argument("--batch", type=_positive_int, help="batch size (default: each preset's)")
-    p.add_argument("--steps", type=_positive_int, default=20, help="timed steps per repeat")
-    p.add_argument("--backend", choices=["tensorflow", "jax", "torch"], help="Keras backend")
-    p.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"], default="float32")
-    p.add_argument("--reference", action="store_true", help="also time the straightforward pipeline")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--steps", type=_positive_int, default=20, help="timed training steps per repeat (default: 20)")
+    p.add_argument("--warmup", type=_positive_int, default=2, help="untimed steps at the start of every repeat (default: 2)")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="repeats per path; medians are reported (default: 3)")
+    p.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax", "torch"],
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow); set before Keras loads",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+        default="auto",
+        help="ferhpo's compute precision (default: auto, mixed_bfloat16 on accelerators and on CPUs with "
+        "bfloat16 matrix units, AVX512-BF16 or AMX, else float32); the reference pipeline is always float32",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="compute threads on the CPU (default: the backend's, every core); e.g. run two "
+        "'--threads 1' benches side by side to see what two search workers get",
+    )
+    p.add_argument("--reference", action="store_true", help="also time the straightforward pipeline, alternating, and print the ratio")
+    p.add_argument("--data", metavar="PATH", help="also time loading this FER2013 (cold decode and warm cache) and train on its images")
+    p.add_argument("--cache-dir", metavar="DIR", help="cache folder for --data (default: $FERHPO_CACHE, else the user cache dir)")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout (progress still goes to stderr)")
+
+
+def _bench_run(args: argparse.Namespace) -> int:
+    from ferhpo.config import get_preset, load_presets
+
+    names = list(dict.fromkeys(args.models or load_presets(args.presets)))
+    presets = [get_preset(name, path=args.presets) for name in names]  # unknown names fail before Keras loads
+    if args.backend:
+        loaded = sys.modules.get("keras")
+        if loaded is not None and loaded.backend.backend() != args.backend:
+            raise UsageError(f"--backend {args.backend}: Keras is already loaded with {loaded.backend.backend()!r} in this process")
+        os.environ["KERAS_BACKEND"] = args.backend
+    if args.threads:
+        from ferhpo.config import thread_env
+
+        if "keras" in sys.modules:
+            raise UsageError("--threads must be set before Keras loads; it is already loaded in this process")
+        os.environ.update(thread_env(args.threads))
+    _import_keras()
+    from ferhpo import bench
+
+    loading = images = None
+    if args.data:
+        print("timing the data load (cold decode, then warm cache)", file=sys.stderr, flush=True)
+        loading, images = bench.time_loading(args.data, args.cache_dir)
+
+    precision = args.precision
+    if precision == "auto":
+        precision = bench.auto_precision()
+    out = sys.stderr if args.json else sys.stdout
+    info = bench.machine()
+    ceilings = bench.ceilings(precision)
+    results = []
+    for preset in presets:
+        try:
+            result = bench.bench_model(
+                preset.name,
+                preset.model,
+                preset.train,
+                batch=args.batch,
+                steps=args.steps,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                precision=precision,
+                reference=args.reference,
+                images=images,
+                progress=lambda message: print(message, file=sys.stderr, flush=True),
+            )
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted during {preset.name}", file=sys.stderr)
+            return 130
+        results.append(result)
+    info["threads"] = args.threads
+    report = {"machine": info, "precision": precision, "matmul_gflops": ceilings, "data_loading": loading, "models": results}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(bench.table(report)), file=out)
+    return 0
 
 
 COMMANDS = (
@@ -781,7 +872,7 @@ COMMANDS = (
     Command("baseline", "reproduce the five reference configurations", _baseline_arguments, _baseline_run),
     Command("search", "search DenseNet/ResNet architectures and training recipes", _search_arguments, _search_run),
     Command("report", "rank a study's trials against the baselines", _report_arguments, _report_run),
-    Command("bench", "measure training and inference throughput", _bench_arguments, _not_yet("issue #6")),
+    Command("bench", "measure training and inference throughput", _bench_arguments, _bench_run),
 )
 
 

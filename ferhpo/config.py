@@ -49,6 +49,8 @@ OPTIMIZERS = ("rmsprop", "adam", "sgd")
 #: "reference-step" is `reference_lr`; "constant" keeps the base learning rate;
 #: "cosine" is `cosine_lr` over the run's epochs.
 SCHEDULES = ("reference-step", "constant", "cosine")
+# Keras dtype policies: float32, or compute in bfloat16 / float16 with float32 variables.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 # The reference step schedule (Keras cifar10_resnet `lr_schedule`): after each
 # epoch threshold the base rate is multiplied by the factor, later rows winning.
@@ -330,6 +332,9 @@ class TrainConfig:
     within each batch; 0 turns it off (it is not gated by ``augmentation``).
     ``tta_hflip`` averages the softmax of each image and its mirror in the final
     validation and test evaluation (per-epoch validation stays plain).
+    ``precision`` is the Keras dtype policy the layers compute in: the reference's
+    float32, or mixed bfloat16 / float16 (variables and the softmax stay float32),
+    faster where the hardware has units for it (`ferhpo bench` measures it).
     """
 
     optimizer: str = "adam"
@@ -352,10 +357,12 @@ class TrainConfig:
     erasing: float = 0.0
     mixup: float = 0.0
     tta_hflip: bool = False
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         owner = "TrainConfig"
         _choice(owner, "optimizer", self.optimizer, OPTIMIZERS)
+        _choice(owner, "precision", self.precision, PRECISIONS)
         _choice(owner, "schedule", self.schedule, SCHEDULES)
         _int(owner, "batch_size", self.batch_size)
         _int(owner, "epochs", self.epochs)
@@ -657,3 +664,22 @@ def get_preset(name: str, *, path: str | Path | None = None, **overrides: Any) -
     if train_changes:
         preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, **train_changes))
     return preset
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that limits a new process's compute threads on the CPU, for every backend.
+
+    Must be in place before the backend loads. On a small CPU, trials that each use
+    ``cores / workers`` threads side by side train more images per second in total than
+    one trial using every core (benchmarks/README.md measures it).
+    """
+    if threads < 1:
+        raise ConfigError(f"threads must be >= 1, but got threads={threads}")
+    env = {
+        "TF_NUM_INTRAOP_THREADS": str(threads),
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": str(threads),  # PyTorch's and oneDNN's OpenMP pools
+    }
+    if threads == 1:  # XLA's CPU client (JAX) takes no thread count, only on or off
+        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    return env

@@ -19,8 +19,8 @@ of `ferhpo.training.training_model`), so pass raw images.
 Every parameter of the space is declared on the tuner's ``HyperParameters``
 (conditional ones with ``parent_name``/``parent_values``) by
 `ferhpo.spaces.declare_keras_tuner`; the values become configs by `Space.configs`,
-the model is built by `ferhpo.models.build_model` and compiled with the recipe's
-optimizer (`ferhpo.training.make_optimizer`) and label smoothing. ``fit`` adds
+the model is built and compiled by `ferhpo.training.build_training_model` (the
+recipe's optimizer, label smoothing and precision), as every run's is. ``fit`` adds
 the recipe's batch size and learning-rate schedule (`ferhpo.training.schedule_callbacks`).
 
 ``mixup`` uses `ferhpo.training.MixupFeed`, as `ferhpo.training.fit` does, when ``x``
@@ -44,9 +44,8 @@ import keras
 import keras_tuner
 import numpy as np
 
-from ferhpo.models import build_model
 from ferhpo.spaces import Space, declare_keras_tuner, load_space
-from ferhpo.training import MixupFeed, make_optimizer, schedule_callbacks, training_model
+from ferhpo.training import MixupFeed, build_training_model, schedule_callbacks
 
 __all__ = ["NOT_APPLIED", "SpaceHyperModel", "DenseNetHyperModel", "ResNetHyperModel"]
 
@@ -115,13 +114,7 @@ class SpaceHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         model_config, train = self.configs(hp)
-        model = training_model(build_model(model_config), train)
-        model.compile(
-            optimizer=make_optimizer(train),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
-            metrics=["accuracy"],
-        )
-        return model
+        return build_training_model(model_config, train)[1]
 
     def fit(self, hp, model, x, y=None, validation_data=None, **kwargs):
         """``model.fit`` with the trial's batch size (unless given), the recipe's

@@ -37,7 +37,7 @@ def budget_splits(data: FER2013, protocol: str, budget: Budget, seed: int) -> Sp
 # TrainConfig fields added after runs were first recorded: left out of the key while at
 # their default, so a recipe that does not use them keeps the key it had, and finished
 # baseline runs are still found instead of being retrained.
-_ADDED_AT_DEFAULT = {"rotation": 0.0, "zoom": 0.0, "erasing": 0.0, "mixup": 0.0, "tta_hflip": False}
+_ADDED_AT_DEFAULT = {"rotation": 0.0, "zoom": 0.0, "erasing": 0.0, "mixup": 0.0, "tta_hflip": False, "precision": "float32"}
 
 
 def run_key(name: str, model: ModelConfig, train: TrainConfig, budget: Budget, protocol: str, fingerprint: str) -> str:

@@ -291,6 +291,38 @@ def predict_proba(model: keras.Model, images: np.ndarray, *, batch_size: int, hf
     return (both[: len(images)] + both[len(images) :]) / 2
 
 
+def build_training_model(model_config: ModelConfig, train: TrainConfig) -> tuple[keras.Model, keras.Model]:
+    """(core, training model): built and compiled with the recipe, in its precision.
+
+    This is the one place a training model is made, for `fit`, the HyperModels and
+    `ferhpo bench`, so the benchmark times exactly what a run trains.
+    ``train.precision`` is the Keras dtype policy of the layers (mixed: compute in
+    bfloat16 or float16, variables and the softmax in float32; Keras adds loss
+    scaling for float16). It is set for this model only; the global policy is
+    restored afterwards.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(train.precision)
+    try:
+        core = build_model(model_config)
+        model = training_model(core, train)
+        model.compile(
+            optimizer=make_optimizer(train),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+            metrics=["accuracy"],
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return core, model
+
+
+def compiled_model(model_config: ModelConfig, train: TrainConfig) -> tuple[keras.Model, keras.Model]:
+    """`build_training_model` in a fresh Keras session, seeded with ``train.seed``."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(train.seed)
+    return build_training_model(model_config, train)
+
+
 def _one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(len(CLASSES), dtype="float32")[labels.astype(np.int64)]
 
@@ -320,15 +352,7 @@ def fit(
     round-off, which training then amplifies (README, "Repeatability").
     """
     start = time.perf_counter()
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(train.seed)
-    core = build_model(model_config)
-    model = training_model(core, train)
-    model.compile(
-        optimizer=make_optimizer(train),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
-        metrics=["accuracy"],
-    )
+    core, model = compiled_model(model_config, train)
     x = data.images[..., None]
     recorder = _Recorder(Path(checkpoint) if checkpoint else None)
     all_callbacks = [_DivergenceGuard(), *schedule_callbacks(train), recorder, *callbacks]

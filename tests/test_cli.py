@@ -53,18 +53,6 @@ def test_every_command_is_in_the_table():
     assert [c.name for c in COMMANDS] == ["data", "baseline", "search", "report", "bench"]
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["bench"],
-    ],
-)
-def test_unimplemented_commands_exit_2(args):
-    result = run_cli(*args)
-    assert result.returncode == 2
-    assert result.stderr.strip().startswith(f"ferhpo: error: 'ferhpo {args[0]}' is not implemented yet")
-
-
 # --------------------------------------------------------------------------- data summary
 
 

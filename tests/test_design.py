@@ -33,6 +33,13 @@ ALLOWED = {
     "spaces.py": {"ferhpo.config", "ferhpo.errors"},
     # the HyperModels compile with training's recipe (optimizer, augmentation layers), not a copy of it
     "hypermodels.py": {"keras", "keras_tuner", "numpy", "ferhpo.spaces", "ferhpo.models", "ferhpo.training", "ferhpo.config", "ferhpo.data"},
+    # bench times training's own compiled model; it asks the backend Keras runs on for its
+    # device and memory; scipy shifts images in the reference pipeline's host augmentation;
+    # data for the load timing; store for the environment record
+    "bench.py": {
+        "keras", "numpy", "scipy", "tensorflow", "jax", "torch",
+        "ferhpo.config", "ferhpo.models", "ferhpo.training", "ferhpo.data", "ferhpo.store",
+    },
     "engines": {
         "optuna", "keras_tuner", "numpy", "keras",
         "ferhpo.spaces", "ferhpo.training", "ferhpo.store", "ferhpo.runs", "ferhpo.config", "ferhpo.data",

@@ -118,9 +118,10 @@ def test_a_stopping_callback_ends_early(tiny):
 def test_new_recipe_options_default_to_the_reference():
     train = TrainConfig()
     assert (train.rotation, train.zoom, train.erasing, train.mixup, train.tta_hflip) == (0.0, 0.0, 0.0, 0.0, False)
+    assert train.precision == "float32"  # the study's arithmetic; bfloat16 is a choice
     keys = list(dataclasses.asdict(train))
     assert keys[: keys.index("seed") + 1][-3:] == ["weight_decay", "label_smoothing", "seed"]
-    assert keys[-5:] == ["rotation", "zoom", "erasing", "mixup", "tta_hflip"]
+    assert keys[-6:] == ["rotation", "zoom", "erasing", "mixup", "tta_hflip", "precision"]
     accepted = TrainConfig(rotation=180, zoom=0.5, erasing=1, mixup=2, tta_hflip=True, schedule="cosine")
     assert accepted.rotation == 180.0 and isinstance(accepted.erasing, float) and accepted.mixup == 2.0
 

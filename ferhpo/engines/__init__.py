@@ -23,7 +23,7 @@ PRUNERS = ("hyperband", "asha", "median", "none")
 OBJECTIVES = ("val_accuracy", "macro_f1")
 SETTINGS_ATTR = "ferhpo.search"
 #: Settings that decide what a trial's number means; a rerun must not change them.
-_BINDING = ("engine", "objectives", "budget", "protocol", "seed", "space", "data_fingerprint", "max_epochs")
+_BINDING = ("engine", "objectives", "budget", "protocol", "seed", "space", "data_fingerprint", "max_epochs", "precision")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,14 @@ class SearchSettings:
     data_fingerprint: str
     study_dir: str = "studies"
     trial_memory_gb: float | None = None  # address-space cap of each trial process (CPU)
+    precision: str | None = None  # overrides the space's TrainConfig.precision when set
+
+    def recipe(self, train, *, epochs: int):
+        """A trial's recipe: the space's, with this search's epochs, seed and precision."""
+        changes = {"epochs": epochs, "seed": self.seed}
+        if self.precision is not None:
+            changes["precision"] = self.precision
+        return dataclasses.replace(train, **changes)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -11,7 +11,6 @@ distribution (a gRPC chief) is not used.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import time
@@ -27,7 +26,7 @@ from ferhpo.atomic import write_json
 from ferhpo.engines import SearchSettings, study_dir
 from ferhpo.engines.optuna_engine import objective_value, trial_preexec, trial_spec
 from ferhpo.engines.runner import Progress, SearchOutcome
-from ferhpo.engines.trial import SPEC, run_process
+from ferhpo.engines.trial import SPEC, run_process, trial_env
 from ferhpo.errors import ConfigError
 from ferhpo.spaces import Space, declare_keras_tuner, load_space
 
@@ -91,7 +90,7 @@ class ProcessTuner(keras_tuner.Tuner):
         epochs = int(hp.values.get("tuner/epochs", s.max_epochs))
         try:
             model, train = self.space.configs(values)
-            train = dataclasses.replace(train, epochs=epochs, seed=s.seed)
+            train = s.recipe(train, epochs=epochs)
         except ConfigError as exc:
             self._fail(name, values, f"configuration rejected: {exc}")
         folder = store.run_dir(s.study, f"{name}-{uuid.uuid4().hex[:8]}", Path(s.study_dir))
@@ -100,7 +99,7 @@ class ProcessTuner(keras_tuner.Tuner):
         spec["search"]["keras_tuner_trial"] = trial.trial_id
         write_json(folder / SPEC, spec)
         try:
-            outcome = run_process(folder, preexec_fn=trial_preexec(s.trial_memory_gb))
+            outcome = run_process(folder, env=trial_env(s.workers), preexec_fn=trial_preexec(s.trial_memory_gb))
         except KeyboardInterrupt:
             shutil.rmtree(folder, ignore_errors=True)  # a partial run is not kept; the oracle retries it
             raise

@@ -31,7 +31,7 @@ from ferhpo import faults, store
 from ferhpo.atomic import write_json
 from ferhpo.config import TrainConfig, model_config_to_dict
 from ferhpo.engines import SearchSettings
-from ferhpo.engines.trial import SPEC, run_process
+from ferhpo.engines.trial import SPEC, run_process, trial_env
 from ferhpo.errors import ConfigError, FerhpoError
 from ferhpo.spaces import Space, load_space, suggest_optuna
 
@@ -233,7 +233,7 @@ class Worker:
         values = suggest_optuna(self.space, trial)
         try:
             model, train = self.space.configs(values)
-            train = dataclasses.replace(train, epochs=s.max_epochs, seed=s.seed)
+            train = s.recipe(train, epochs=s.max_epochs)
         except ConfigError as exc:
             return self._fail(trial, f"configuration rejected: {exc}")
 
@@ -242,7 +242,7 @@ class Worker:
         spec = trial_spec(s, name=name, folder=folder, model=model, train=train, values=values, trial=trial)
         write_json(folder / SPEC, spec)
         try:
-            outcome = run_process(folder, preexec_fn=trial_preexec(s.trial_memory_gb))
+            outcome = run_process(folder, env=trial_env(s.workers), preexec_fn=trial_preexec(s.trial_memory_gb))
         except KeyboardInterrupt:
             trial.set_user_attr(store.INTERRUPTED_ATTR, True)
             self.interrupted_params = dict(trial.params)

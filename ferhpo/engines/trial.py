@@ -25,6 +25,7 @@ from typing import Any
 
 from ferhpo import faults
 from ferhpo.atomic import write_json
+from ferhpo.config import thread_env
 from ferhpo.errors import FerhpoError
 
 SPEC = "spec.json"
@@ -50,6 +51,25 @@ def _tail(path: Path, lines: int = 1) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
+# Several workers' trials share one GPU: each backend takes memory as it needs it instead
+# of reserving most of the device at start (JAX: 75%, TensorFlow: nearly all). A user's
+# own setting wins.
+SHARE_GPU = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+
+
+def trial_env(workers: int) -> dict[str, str]:
+    """The environment of a trial process: the GPU shared, and with several workers on a
+    CPU, the cores divided among them (what the user set in the environment wins)."""
+    env = {**SHARE_GPU}
+    if workers > 1:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        env.update(thread_env(max(1, cores // workers)))
+    return {**env, **os.environ}
+
+
 def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=None) -> Outcome:
     """Run the trial whose spec lies in `folder` in a fresh Python process; wait for it.
 
@@ -62,7 +82,7 @@ def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=N
             [sys.executable, "-m", "ferhpo.engines.trial", str(folder / SPEC)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**(os.environ if env is None else env), faults.ROLE: "trial"},
+            env={**(trial_env(1) if env is None else env), faults.ROLE: "trial"},
             preexec_fn=preexec_fn,
         )
         try:
