@@ -343,10 +343,17 @@ def _ferhpo_path(model, images, labels, batch: int, steps: int, warmup: int) -> 
 
     def inference_block() -> float:
         start = time.perf_counter()
-        model.predict(images[: batch * steps], batch_size=batch, verbose=0)
-        return batch * steps / (time.perf_counter() - start)
+        model.predict(inference_images, batch_size=batch, verbose=0)
+        return len(inference_images) / (time.perf_counter() - start)
 
+    inference_images = _inference_images(images, batch)
     return _Path(train_block, inference_block)
+
+
+def _inference_images(images: np.ndarray, batch: int) -> np.ndarray:
+    """At least 512 images (whole batches), so that one predict call is long enough to time."""
+    n = max(len(images), batch * -(-512 // batch))
+    return np.resize(images, (n, *images.shape[1:]))
 
 
 def _reference_path(model, images, labels, train: TrainConfig, batch: int, steps: int, warmup: int) -> _Path:
@@ -360,9 +367,10 @@ def _reference_path(model, images, labels, train: TrainConfig, batch: int, steps
 
     def inference_block() -> float:
         start = time.perf_counter()
-        model.predict(images[: batch * steps].astype("float32") / 255.0, batch_size=batch, verbose=0)
-        return batch * steps / (time.perf_counter() - start)
+        model.predict(inference_images.astype("float32") / 255.0, batch_size=batch, verbose=0)
+        return len(inference_images) / (time.perf_counter() - start)
 
+    inference_images = _inference_images(images, batch)
     return _Path(train_block, inference_block)
 
 
@@ -504,7 +512,7 @@ def time_loading(path, cache_dir=None, *, repeats: int = 3) -> tuple[dict, np.nd
         "speedup": cold_seconds / warm_seconds,
         "cache": data.info.cache_path,
     }
-    return loading, data.images[~data.is_test]  # training images only
+    return loading, data.images[~data.is_test]  # the training images
 
 
 def table(report: dict) -> list[str]:

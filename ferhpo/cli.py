@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import traceback
 from dataclasses import dataclass
@@ -813,6 +814,10 @@ def _bench_run(args: argparse.Namespace) -> int:
 
     names = list(dict.fromkeys(args.models or load_presets(args.presets)))
     presets = [get_preset(name, path=args.presets) for name in names]  # unknown names fail before Keras loads
+    if args.data:
+        from ferhpo.data import detect_format, resolve_data_path
+
+        detect_format(resolve_data_path(args.data))  # a missing dataset fails before Keras loads too
     if args.backend:
         loaded = sys.modules.get("keras")
         if loaded is not None and loaded.backend.backend() != args.backend:
@@ -827,43 +832,69 @@ def _bench_run(args: argparse.Namespace) -> int:
     _import_keras()
     from ferhpo import bench
 
-    loading = images = None
+    if os.environ.get(_BENCH_CHILD):
+        return _bench_one(args, presets[0])
+    loading = None
     if args.data:
         print("timing the data load (cold decode, then warm cache)", file=sys.stderr, flush=True)
-        loading, images = bench.time_loading(args.data, args.cache_dir)
-
-    precision = args.precision
-    if precision == "auto":
-        precision = bench.auto_precision()
-    out = sys.stderr if args.json else sys.stdout
-    info = bench.machine()
+        loading, _ = bench.time_loading(args.data, args.cache_dir)
+    precision = bench.auto_precision() if args.precision == "auto" else args.precision
+    info = {**bench.machine(), "threads": args.threads}
     ceilings = bench.ceilings(precision)
     results = []
     for preset in presets:
-        try:
-            result = bench.bench_model(
-                preset.name,
-                preset.model,
-                preset.train,
-                batch=args.batch,
-                steps=args.steps,
-                warmup=args.warmup,
-                repeats=args.repeats,
-                precision=precision,
-                reference=args.reference,
-                images=images,
-                progress=lambda message: print(message, file=sys.stderr, flush=True),
-            )
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted during {preset.name}", file=sys.stderr)
-            return 130
-        results.append(result)
-    info["threads"] = args.threads
+        # Each model in a fresh process: its memory figure is its own, not what the
+        # models before it left allocated, and no state carries over between models.
+        command = [sys.executable, "-m", "ferhpo", "bench", "--models", preset.name, "--precision", precision, "--json"]
+        for option in ("presets", "batch", "steps", "warmup", "repeats", "backend", "threads", "data", "cache_dir"):
+            value = getattr(args, option)
+            if value is not None:
+                command += [f"--{option.replace('_', '-')}", str(value)]
+        if args.reference:
+            command.append("--reference")
+        child = subprocess.run(command, stdout=subprocess.PIPE, env={**os.environ, _BENCH_CHILD: "1"}, text=True)
+        if child.returncode != 0:  # the child printed its error on the shared stderr
+            return child.returncode
+        results.append(json.loads(child.stdout))
     report = {"machine": info, "precision": precision, "matmul_gflops": ceilings, "data_loading": loading, "models": results}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print("\n".join(bench.table(report)), file=out)
+        print("\n".join(bench.table(report)))
+    return 0
+
+
+# Set for the process `ferhpo bench` starts per model: bench that one model, print its JSON.
+_BENCH_CHILD = "FERHPO_BENCH_CHILD"
+
+
+def _bench_one(args: argparse.Namespace, preset) -> int:
+    from ferhpo import bench
+
+    images = None
+    if args.data:
+        from ferhpo.data import load_fer2013
+
+        data = load_fer2013(args.data, args.cache_dir)  # the parent made the cache: a fast load
+        images = data.images[~data.is_test]
+    try:
+        result = bench.bench_model(
+            preset.name,
+            preset.model,
+            preset.train,
+            batch=args.batch,
+            steps=args.steps,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            precision=bench.auto_precision() if args.precision == "auto" else args.precision,
+            reference=args.reference,
+            images=images,
+            progress=lambda message: print(message, file=sys.stderr, flush=True),
+        )
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted during {preset.name}", file=sys.stderr)
+        return 130
+    print(json.dumps(result))
     return 0
 
 

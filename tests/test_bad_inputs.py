@@ -287,6 +287,31 @@ CASES = [
         r"unknown preset 'nosuch'; known presets: tiny-densenet, tiny-resnet",
     ),
     Case(
+        "bench: unknown model",
+        lambda t: ["bench", "--models", "densenet-c0.9"],
+        r"unknown preset 'densenet-c0\.9'; known presets: densenet-c0\.3, densenet-c0\.5, densenet-c0\.7, resnet-v1-104, resnet-v2-155",
+    ),
+    Case(
+        "bench: zero steps",
+        lambda t: ["bench", "--steps", "0"],
+        r"argument --steps: expected a positive integer, got 0 \(see 'ferhpo bench --help'\)",
+    ),
+    Case(
+        "bench: unknown precision",
+        lambda t: ["bench", "--precision", "float8"],
+        r"argument --precision: invalid choice: 'float8' \(choose from .*\)",
+    ),
+    Case(
+        "bench: missing data",
+        lambda t: ["bench", "--models", "resnet-v1-104", "--data", str(t / "nowhere"), *_cache(t)],
+        r"no FER2013 data at .*/nowhere \(from --data\)",
+    ),
+    Case(
+        "flag: --precision of baseline",
+        lambda t: _baseline(t, "--precision", "half"),
+        r"argument --precision: invalid choice: 'half' \(choose from .*\)",
+    ),
+    Case(
         "flag: negative epochs",
         lambda t: _baseline(t, "--epochs", "-1"),
         r"argument --epochs: expected a positive integer, got -1 \(see 'ferhpo baseline --help'\)",
