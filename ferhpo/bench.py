@@ -2,7 +2,7 @@
 
 For each model `bench_model` times, in one process and alternating block by block,
 
-* ferhpo's path: the model `training.compiled_model` makes for every run (uint8
+* ferhpo's path: the model `training.build_training_model` makes for every run (uint8
   images in memory, scaling and augmentation as layers inside the step, the chosen
   precision), fed the way `training.fit` feeds it (arrays to ``model.fit``, which
   prefetches);
@@ -12,7 +12,8 @@ For each model `bench_model` times, in one process and alternating block by bloc
   ``ImageDataGenerator`` did) and trained by ``model.fit`` with default settings.
 
 The first steps of every block are warm-up and are not timed; figures are medians
-over repeats. Forward FLOPs are counted from the layer shapes (multiply-adds x 2 of
+over repeats. Inference is one ``predict`` call over at least 512 images per block.
+`ferhpo bench` runs every model in a fresh process, so its peak memory is its own. Forward FLOPs are counted from the layer shapes (multiply-adds x 2 of
 convolution and dense layers); a training step is counted as three forward passes
 (forward, and backward for inputs and weights). The ceiling is this machine's
 measured matrix-multiply rate in the compute dtype.

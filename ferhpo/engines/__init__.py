@@ -50,6 +50,7 @@ class SearchSettings:
     study_dir: str = "studies"
     trial_memory_gb: float | None = None  # address-space cap of each trial process (CPU)
     precision: str | None = None  # overrides the space's TrainConfig.precision when set
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self, train, *, epochs: int):
         """A trial's recipe: the space's, with this search's epochs, seed and precision."""
@@ -57,7 +58,6 @@ class SearchSettings:
         if self.precision is not None:
             changes["precision"] = self.precision
         return dataclasses.replace(train, **changes)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def multi_objective(self) -> bool:
