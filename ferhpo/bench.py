@@ -21,7 +21,6 @@ measured matrix-multiply rate in the compute dtype.
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import statistics
@@ -33,9 +32,9 @@ from dataclasses import dataclass, field, replace
 import keras
 import numpy as np
 
-from ferhpo.config import ModelConfig, TrainConfig
+from ferhpo.config import ModelConfig, TrainConfig, usable_cores
 from ferhpo.models import build_model
-from ferhpo.training import compiled_model, make_optimizer
+from ferhpo.training import compiled_model, dtype_policy, make_optimizer
 
 #: FER2013's training images: the epoch `epoch_seconds` estimates.
 EPOCH_IMAGES = 28_709
@@ -121,38 +120,29 @@ def accelerator() -> str | None:
     return f"gpu: {details.get('device_name', gpus[0].name)}"
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo(key: str) -> str | None:
+    """The first value of ``key`` in /proc/cpuinfo (Linux), or None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    return set((_cpuinfo("flags") or "").split())
+
+
+def _cpu_name() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_has_bf16() -> bool:
     """Whether the CPU has native bfloat16 matrix instructions (AVX512-BF16 or AMX)."""
     return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def machine() -> dict:
@@ -263,12 +253,8 @@ def reference_batches(
 def reference_model(model_config: ModelConfig, train: TrainConfig) -> keras.Model:
     """The same architecture in float32, compiled as a plain script would: defaults only."""
     keras.utils.set_random_seed(train.seed)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
+    with dtype_policy("float32"):
         model = build_model(model_config)
-    finally:
-        keras.config.set_dtype_policy(previous)
     model.compile(
         optimizer=make_optimizer(train),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
@@ -433,7 +419,7 @@ def bench_model(
         "repeats": repeats,
         "steps": steps,
         "warmup_steps": warmup,
-        **{k: v for k, v in paths["ferhpo"].summary(flops).items()},
+        **paths["ferhpo"].summary(flops),
         "reference": None,
         "ratio": None,
         "inference_ratio": None,
@@ -490,9 +476,9 @@ def auto_precision() -> str:
     return "mixed_float16" if capability >= (7, 0) else "float32"
 
 
-def time_loading(path, cache_dir=None, *, repeats: int = 3) -> tuple[dict, np.ndarray]:
+def time_loading(path, cache_dir=None, *, repeats: int = 3) -> dict:
     """Seconds to load the full dataset cold (decode every file, no cache) and warm (from
-    the cache; median of ``repeats``), and the training images, for `bench_model`."""
+    the cache, which this leaves in place; median of ``repeats``)."""
     from ferhpo.data import load_fer2013
 
     start = time.perf_counter()
@@ -513,7 +499,7 @@ def time_loading(path, cache_dir=None, *, repeats: int = 3) -> tuple[dict, np.nd
         "speedup": cold_seconds / warm_seconds,
         "cache": data.info.cache_path,
     }
-    return loading, data.images[~data.is_test]  # the training images
+    return loading
 
 
 def table(report: dict) -> list[str]:

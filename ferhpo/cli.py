@@ -837,7 +837,7 @@ def _bench_run(args: argparse.Namespace) -> int:
     loading = None
     if args.data:
         print("timing the data load (cold decode, then warm cache)", file=sys.stderr, flush=True)
-        loading, _ = bench.time_loading(args.data, args.cache_dir)
+        loading = bench.time_loading(args.data, args.cache_dir)
     precision = bench.auto_precision() if args.precision == "auto" else args.precision
     info = {**bench.machine(), "threads": args.threads}
     ceilings = bench.ceilings(precision)
@@ -886,7 +886,7 @@ def _bench_one(args: argparse.Namespace, preset) -> int:
             steps=args.steps,
             warmup=args.warmup,
             repeats=args.repeats,
-            precision=bench.auto_precision() if args.precision == "auto" else args.precision,
+            precision=args.precision,  # the parent resolved auto
             reference=args.reference,
             images=images,
             progress=lambda message: print(message, file=sys.stderr, flush=True),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -664,6 +665,14 @@ def get_preset(name: str, *, path: str | Path | None = None, **overrides: Any) -
     if train_changes:
         preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, **train_changes))
     return preset
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity on Linux, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def thread_env(threads: int) -> dict[str, str]:

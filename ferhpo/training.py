@@ -12,6 +12,7 @@ Engines hand in extra callbacks (pruning, progress); this module never imports a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -291,6 +292,17 @@ def predict_proba(model: keras.Model, images: np.ndarray, *, batch_size: int, hf
     return (both[: len(images)] + both[len(images) :]) / 2
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Keras' global dtype policy set to ``name`` for the models built inside; restored after."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_training_model(model_config: ModelConfig, train: TrainConfig) -> tuple[keras.Model, keras.Model]:
     """(core, training model): built and compiled with the recipe, in its precision.
 
@@ -301,9 +313,7 @@ def build_training_model(model_config: ModelConfig, train: TrainConfig) -> tuple
     scaling for float16). It is set for this model only; the global policy is
     restored afterwards.
     """
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(train.precision)
-    try:
+    with dtype_policy(train.precision):
         core = build_model(model_config)
         model = training_model(core, train)
         model.compile(
@@ -311,8 +321,6 @@ def build_training_model(model_config: ModelConfig, train: TrainConfig) -> tuple
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
             metrics=["accuracy"],
         )
-    finally:
-        keras.config.set_dtype_policy(previous)
     return core, model
 
 

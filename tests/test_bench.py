@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_folder
+from test_baseline import TINY_PRESETS
 from ferhpo.bench import PATH_FIELDS, RESULT_FIELDS, forward_flops, reference_batches, reference_model
 from ferhpo.errors import ConfigError
 from ferhpo.config import DenseNetConfig, ResNetConfig, TrainConfig, get_preset, load_presets
@@ -23,21 +24,6 @@ TINY = {
 }
 TRAIN = TrainConfig(optimizer="rmsprop", batch_size=8, seed=5)
 
-TINY_PRESETS = """
-[presets."tiny-densenet"]
-protocol = "canonical"
-reported_test_accuracy = 0.5
-reported_params = 1
-model = { family = "densenet", growth_rate = 4, num_blocks = 2, layers_per_block = 2, head = "gap" }
-train = { optimizer = "rmsprop", batch_size = 8 }
-
-[presets."tiny-resnet"]
-protocol = "seed-resnet"
-reported_test_accuracy = 0.5
-reported_params = 1
-model = { family = "resnet", version = 1, depth = 8, base_filters = 16, head = "gap" }
-train = { optimizer = "adam", batch_size = 8 }
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -170,7 +156,7 @@ def test_every_preset_has_a_plausible_flop_count(name):
 
 
 def test_bench_command_json_has_every_field(tmp_path):
-    (tmp_path / "presets.toml").write_text(TINY_PRESETS)
+    (tmp_path / "presets.toml").write_text(TINY_PRESETS.replace("EPOCHS", "1"))
     root = write_folder(tmp_path / "fer")
     result = run_cli(
         "bench", "--presets", str(tmp_path / "presets.toml"), "--models", "tiny-densenet", "tiny-resnet",
@@ -194,7 +180,7 @@ def test_bench_command_json_has_every_field(tmp_path):
     for m in report["models"]:
         assert set(RESULT_FIELDS) <= set(m)
         assert m["params"] == presets_params[m["name"]]
-        assert m["batch"] == 8 and m["repeats"] == 2 and m["precision"] == "float32"
+        assert m["batch"] == 16 and m["repeats"] == 2 and m["precision"] == "float32"
         for path in (m, m["reference"]):
             assert set(PATH_FIELDS) <= set(path)
             assert len(path["train_repeats"]) == 2 and len(path["inference_repeats"]) == 2
@@ -210,7 +196,7 @@ def test_bench_command_json_has_every_field(tmp_path):
 
 
 def test_bench_command_prints_a_table_with_the_ratio(tmp_path):
-    (tmp_path / "presets.toml").write_text(TINY_PRESETS)
+    (tmp_path / "presets.toml").write_text(TINY_PRESETS.replace("EPOCHS", "1"))
     result = run_cli(
         "bench", "--presets", str(tmp_path / "presets.toml"), "--models", "tiny-resnet", "--batch", "4",
         "--steps", "1", "--warmup", "1", "--repeats", "1", "--reference", "--precision", "mixed_bfloat16",

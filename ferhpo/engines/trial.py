@@ -25,7 +25,7 @@ from typing import Any
 
 from ferhpo import faults
 from ferhpo.atomic import write_json
-from ferhpo.config import thread_env
+from ferhpo.config import thread_env, usable_cores
 from ferhpo.errors import FerhpoError
 
 SPEC = "spec.json"
@@ -62,11 +62,7 @@ def trial_env(workers: int) -> dict[str, str]:
     CPU, the cores divided among them (what the user set in the environment wins)."""
     env = {**SHARE_GPU}
     if workers > 1:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
-        env.update(thread_env(max(1, cores // workers)))
+        env.update(thread_env(max(1, usable_cores() // workers)))
     return {**env, **os.environ}
 
 
