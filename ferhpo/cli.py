@@ -213,6 +213,13 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_options(p)
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these presets (default: all five)")
     p.add_argument(
+        "--space",
+        metavar="SPACE",
+        help="instead of the presets, train a search space's defaults (the reference recipe on the space's "
+        "default model), named '<space>-reference': the bar that space's trials are measured against at the "
+        "same budget and protocol (default protocol: holdout, as for search)",
+    )
+    p.add_argument(
         "--budget",
         choices=list(BUDGETS),
         default="full",
@@ -262,16 +269,46 @@ def _parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
-def _select_presets(args: argparse.Namespace) -> list:
-    from ferhpo.config import get_preset, load_presets
+@dataclass(frozen=True)
+class _Planned:
+    """A configuration `ferhpo baseline` trains, under the name its results carry."""
 
-    names = args.only or list(load_presets(args.presets))
-    overrides = _parse_overrides(args.set)
+    name: str
+    model: object
+    train: object
+    protocol: str
+    reported_test_accuracy: float | None  # the study's number, for an unmodified preset only
+
+
+def _select_runs(args: argparse.Namespace) -> list[_Planned]:
+    """The presets (or the space's defaults) with --set/--seed/--precision applied. A
+    configuration changed by --set is named after its changes and never carries the
+    preset's reported accuracy: it is not the model the study reported."""
+    from ferhpo.config import get_preset, load_presets, override, override_name
+
+    changes = _parse_overrides(args.set)
+    overrides = dict(changes)
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.precision is not None:
         overrides["precision"] = args.precision
-    return [get_preset(name, path=args.presets, **overrides) for name in dict.fromkeys(names)]
+    if args.space is not None:
+        from ferhpo.spaces import load_space
+
+        if args.only:
+            raise UsageError("--space and --only exclude each other: train a space's defaults or named presets")
+        space = load_space(args.space)
+        name = f"{space.name}-reference"
+        model, train = override(*space.configs(space.defaults()), overrides, owner=f"space {space.name!r}")
+        return [_Planned(override_name(name, changes), model, train, args.protocol or "holdout", None)]
+    names = args.only or list(load_presets(args.presets))
+    planned = []
+    for name in dict.fromkeys(names):
+        preset = get_preset(name, path=args.presets, **overrides)
+        renamed = override_name(preset.name, changes)
+        reported = preset.reported_test_accuracy if renamed == preset.name else None
+        planned.append(_Planned(renamed, preset.model, preset.train, args.protocol or preset.protocol, reported))
+    return planned
 
 
 def _baseline_list(args: argparse.Namespace) -> int:
@@ -315,12 +352,19 @@ def _baseline_list(args: argparse.Namespace) -> int:
 def _baseline_run(args: argparse.Namespace) -> int:
     if args.list:
         return _baseline_list(args)
+    import time
+
     from ferhpo import runs, store
     from ferhpo.config import get_budget
+    from ferhpo.phases import PhaseClock
 
-    presets = _select_presets(args)
+    # The first run's clock includes the command's start-up and data load, which the
+    # later runs of the same command share.
+    phases = PhaseClock()
+    presets = _select_runs(args)
     budget = get_budget(args.budget, epochs=args.epochs, train_limit=args.train_limit)
-    data = _load(args)
+    with phases.phase("data"):
+        data = _load(args)
     _import_keras()
     _quiet_optuna()
     study = store.open_study(args.study, args.storage)
@@ -329,19 +373,20 @@ def _baseline_run(args: argparse.Namespace) -> int:
     plan = []
     for preset in presets:
         train = runs.budgeted(preset.train, budget)
-        protocol = args.protocol or preset.protocol
-        key = runs.run_key(preset.name, preset.model, train, budget, protocol, data.info.fingerprint)
+        key = runs.run_key(preset.name, preset.model, train, budget, preset.protocol, data.info.fingerprint)
         done = None if args.force else runs.find_finished(study, key)
-        plan.append((preset, train, protocol, done))
+        plan.append((preset, train, preset.protocol, done))
 
     results, finished = [], []
     todo = [p for p in plan if p[3] is None]
     progress = _Progress(total_epochs=sum(p[1].epochs for p in todo), runs=len(todo), out=out)
+    phases.mark_startup()
     for preset, train, protocol, done in plan:
         if done is not None:
             print(f"{preset.name}: already finished at budget {budget.name} ({done.run_id}); skipped (--force retrains)", file=out)
             results.append(_run_summary(done, skipped=True))
             continue
+        phases = phases if not finished else PhaseClock(time.time())
         try:
             record = runs.train_and_record(
                 study,
@@ -354,6 +399,7 @@ def _baseline_run(args: argparse.Namespace) -> int:
                 budget=budget,
                 callbacks=[progress.callback(preset.name, train.epochs)],
                 reported_test_accuracy=preset.reported_test_accuracy,
+                phases=phases,
             )
         except KeyboardInterrupt:
             progress.close()

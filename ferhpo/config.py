@@ -41,6 +41,8 @@ __all__ = [
     "default_presets_path",
     "load_presets",
     "get_preset",
+    "override",
+    "override_name",
 ]
 
 #: Classifier heads: "avg4" is the reference 4x4 average pooling + flatten,
@@ -403,8 +405,9 @@ class TrainConfig:
 class Budget:
     """How much of a recipe a run spends: epochs and images per split (None: all).
 
-    "full" is the reference recipe; "quick" and "smoke" are reductions for machines
-    without an accelerator. Limits take seeded subsamples (`ferhpo.data.limit_splits`),
+    "full" is the reference recipe; "cpu" trains the small models of the ``*-cpu``
+    spaces on all images for a few epochs; "quick" and "smoke" are reductions for
+    machines without an accelerator. Limits take seeded subsamples (`ferhpo.data.limit_splits`),
     and every record says which budget produced it.
     """
 
@@ -430,6 +433,9 @@ class Budget:
 BUDGETS = {
     "smoke": Budget("smoke", epochs=1, train_limit=128, val_limit=128, test_limit=256),
     "quick": Budget("quick", epochs=10, train_limit=4096, val_limit=1024),
+    # Every image of the protocol, a few epochs: a search on a CPU whose numbers mean
+    # something, meant for the small models of the *-cpu spaces (search_spaces/).
+    "cpu": Budget("cpu", epochs=3),
     "full": Budget("full"),
 }
 
@@ -639,32 +645,51 @@ def get_preset(name: str, *, path: str | Path | None = None, **overrides: Any) -
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
     preset = presets[name]
 
-    # A whole replacement model decides which field names are model fields.
-    base_model = overrides.get("model", preset.model)
-    if not isinstance(base_model, (DenseNetConfig, ResNetConfig)):
-        base_model = preset.model  # Preset validation reports the bad value below
-    model_fields = {f.name for f in dataclasses.fields(base_model)}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    preset_fields = {f.name for f in dataclasses.fields(Preset)} - {"name"}
-    model_changes, train_changes, preset_changes = {}, {}, {}
-    for key, value in overrides.items():
-        if key in model_fields:
-            model_changes[key] = value
-        elif key in train_fields:
-            train_changes[key] = value
-        elif key in preset_fields:
-            preset_changes[key] = value
-        else:
-            known = ", ".join(sorted(model_fields | train_fields | preset_fields))
-            raise ConfigError(f"unknown override {key!r} for preset {name!r}; known fields: {known}")
-
     # Whole-object overrides (model=..., train=...) apply first, field overrides on top.
-    preset = dataclasses.replace(preset, **preset_changes)
-    if model_changes:
-        preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, **model_changes))
-    if train_changes:
-        preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, **train_changes))
-    return preset
+    preset_fields = {f.name for f in dataclasses.fields(Preset)} - {"name"}
+    preset = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if k in preset_fields})
+    if not isinstance(preset.model, (DenseNetConfig, ResNetConfig)):
+        return preset  # unreachable: Preset validation has rejected the bad model above
+    fields = {k: v for k, v in overrides.items() if k not in preset_fields}
+    model, train = override(preset.model, preset.train, fields, owner=f"preset {name!r}", also=preset_fields)
+    return dataclasses.replace(preset, model=model, train=train)
+
+
+def override(
+    model: ModelConfig, train: TrainConfig, changes: Mapping[str, Any], *, owner: str, also: set[str] = frozenset()
+) -> tuple[ModelConfig, TrainConfig]:
+    """`model` and `train` with ``changes`` merged by `dataclasses.replace`, each field
+    going to the config that has it; an unknown name is an error listing the known
+    ones (and ``also``, names the caller accepts besides)."""
+    model_fields = {f.name for f in dataclasses.fields(model)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = [key for key in changes if key not in model_fields | train_fields]
+    if unknown:
+        known = ", ".join(sorted(model_fields | train_fields | set(also)))
+        raise ConfigError(f"unknown override {unknown[0]!r} for {owner}; known fields: {known}")
+    model_changes = {k: v for k, v in changes.items() if k in model_fields}
+    train_changes = {k: v for k, v in changes.items() if k in train_fields}
+    return (
+        dataclasses.replace(model, **model_changes) if model_changes else model,
+        dataclasses.replace(train, **train_changes) if train_changes else train,
+    )
+
+
+#: Overrides that keep a configuration what it is: another seed is a repetition, another
+#: precision the same model computed faster. Any other override makes a new configuration.
+SAME_CONFIGURATION = ("seed", "precision")
+
+
+def override_name(name: str, changes: Mapping[str, Any]) -> str:
+    """The name of configuration `name` with ``changes`` applied: ``name+field=value...``
+    (sorted by field), so that a modified preset never passes for the preset itself.
+    Fields of `SAME_CONFIGURATION` leave the name alone."""
+    shown = sorted((k, v) for k, v in changes.items() if k not in SAME_CONFIGURATION)
+
+    def text(value: Any) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
+
+    return name + "".join(f"+{key}={text(value)}" for key, value in shown)
 
 
 def usable_cores() -> int:

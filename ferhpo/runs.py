@@ -21,6 +21,7 @@ from ferhpo import store
 from ferhpo.atomic import atomic_open, write_json
 from ferhpo.config import Budget, ModelConfig, TrainConfig, model_config_to_dict
 from ferhpo.data import FER2013, Splits, limit_splits, make_splits
+from ferhpo.phases import PhaseClock
 from ferhpo.report.figures import learning_curve
 
 
@@ -67,6 +68,31 @@ def find_finished(study, key: str) -> store.RunRecord | None:
 ARTIFACTS = ("best.weights.h5", "test_predictions.npz", "learning_curve.png", "record.json")
 
 
+def _write_artifacts(folder: Path, *, name: str, budget: Budget, protocol: str, data: FER2013, splits: Splits, result) -> dict:
+    """Test predictions and the learning curve of a finished fit, written atomically into
+    `folder`; the artifact paths (relative to the study folder) for its record."""
+    run_id = folder.name
+    artifacts = {"dir": run_id, "weights": f"{run_id}/best.weights.h5"}
+    if result.test_predictions is not None:
+        with atomic_open(folder / "test_predictions.npz") as f:
+            np.savez(
+                f,
+                files=data.files[splits.test],
+                labels=data.labels[splits.test],
+                predictions=result.test_predictions.astype(np.int8),
+            )
+        artifacts["test_predictions"] = f"{run_id}/test_predictions.npz"
+    if result.epochs_run:
+        learning_curve(
+            result.history,
+            folder / "learning_curve.png",
+            title=f"{name} ({budget.name} budget, {protocol} protocol)",
+            best_epoch=result.best_epoch,
+        )
+        artifacts["learning_curve"] = f"{run_id}/learning_curve.png"
+    return artifacts
+
+
 def train_run(
     *,
     study_name: str,
@@ -85,6 +111,7 @@ def train_run(
     reported_test_accuracy: float | None = None,
     hyperparameters: dict | None = None,
     search=None,
+    phases: PhaseClock | None = None,
 ) -> store.RunRecord:
     """Train `model` with `train` (already `budgeted`) on `budget`'s splits; write its artifacts.
 
@@ -95,10 +122,14 @@ def train_run(
     and so is `search` when it is callable (what an engine learnt during training).
     On any exception the artifacts written so far are removed (other files in the
     folder, such as a trial's spec and log, stay): a failed run leaves no results.
+    `phases` times the run from its start (a fresh clock: from now); the record keeps
+    its summary, taken just before `record.json` is written.
     """
     from ferhpo import training  # keras loads here, not when the CLI starts
 
-    splits = budget_splits(data, protocol, budget, train.seed)
+    phases = PhaseClock() if phases is None else phases
+    with phases.phase("data"):
+        splits = budget_splits(data, protocol, budget, train.seed)
     key = run_key(name, model, train, budget, protocol, data.info.fingerprint)
     run_id = folder.name
     try:
@@ -111,25 +142,10 @@ def train_run(
             checkpoint=folder / "best.weights.h5",
             evaluate_test=evaluate_test,
             verbose=verbose,
+            phases=phases,
         )
-        artifacts = {"dir": run_id, "weights": f"{run_id}/best.weights.h5"}
-        if result.test_predictions is not None:
-            with atomic_open(folder / "test_predictions.npz") as f:
-                np.savez(
-                    f,
-                    files=data.files[splits.test],
-                    labels=data.labels[splits.test],
-                    predictions=result.test_predictions.astype(np.int8),
-                )
-            artifacts["test_predictions"] = f"{run_id}/test_predictions.npz"
-        if result.epochs_run:
-            learning_curve(
-                result.history,
-                folder / "learning_curve.png",
-                title=f"{name} ({budget.name} budget, {protocol} protocol)",
-                best_epoch=result.best_epoch,
-            )
-            artifacts["learning_curve"] = f"{run_id}/learning_curve.png"
+        with phases.phase("write"):
+            artifacts = _write_artifacts(folder, name=name, budget=budget, protocol=protocol, data=data, splits=splits, result=result)
         artifacts["record"] = f"{run_id}/record.json"
         record = store.RunRecord(
             study=study_name,
@@ -161,6 +177,7 @@ def train_run(
             reported_test_accuracy=reported_test_accuracy,
             hyperparameters=dict(hyperparameters or {}),
             search=dict((search() if callable(search) else search) or {}),
+            phases=phases.summary(),
         )
         write_json(folder / "record.json", record.to_dict())
     except BaseException:
@@ -189,6 +206,7 @@ def train_and_record(
     verbose: int | str = 0,
     reported_test_accuracy: float | None = None,
     root: Path = store.STUDIES_DIR,
+    phases: PhaseClock | None = None,
 ) -> store.RunRecord:
     """`train_run`, then add the record to `study` in one transaction (baseline runs)."""
     folder = new_run_dir(study.study_name, name, budget, root)
@@ -206,6 +224,7 @@ def train_and_record(
             callbacks=callbacks,
             verbose=verbose,
             reported_test_accuracy=reported_test_accuracy,
+            phases=phases,
         )
         store.add_record(study, record)
     except BaseException:

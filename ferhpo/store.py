@@ -67,6 +67,8 @@ class RunRecord:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)  # engine, sampler, pruner, ...
     error: str = ""
+    # wall seconds per phase (ferhpo.phases), their sum and the start; empty in older records
+    phases: dict[str, float] = field(default_factory=dict)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     schema: int = SCHEMA
 

@@ -27,6 +27,7 @@ from ferhpo.config import ModelConfig, TrainConfig, cosine_lr, reference_lr
 from ferhpo.data import CLASSES, FER2013, Splits
 from ferhpo.errors import TrainingError
 from ferhpo.models import build_model
+from ferhpo.phases import PhaseClock
 
 
 @dataclass(frozen=True)
@@ -226,13 +227,16 @@ class _DivergenceGuard(keras.callbacks.Callback):
 
 
 class _Recorder(keras.callbacks.Callback):
-    """Per-epoch metrics, learning rate and training-step time; keeps the best weights.
+    """Per-epoch metrics, learning rate and the phases' time; keeps the best weights.
 
     The best-validation-accuracy weights stay in memory (and, given a path, on disk,
-    written atomically) and are restored when training ends.
+    written atomically) and are restored when training ends. The first step of
+    training, of validation and of prediction traces a graph: it counts as
+    ``compile``, not as training, validation or test time (`ferhpo.phases`).
+    Also handed to the final ``predict``, where it times the test phase.
     """
 
-    def __init__(self, checkpoint: Path | None):
+    def __init__(self, checkpoint: Path | None, phases: PhaseClock):
         super().__init__()
         self.history: dict[str, list[float]] = {}
         self.best = -1.0
@@ -240,11 +244,23 @@ class _Recorder(keras.callbacks.Callback):
         self.best_weights = None
         self.train_seconds = 0.0
         self.checkpoint = checkpoint
+        self.phases = phases
         self._start = 0.0  # of the current stretch of timed training steps
         self._epoch_start = 0.0
+        self._other_start = 0.0  # of the current validation or prediction
         self._lr = 0.0
         self._training = False
-        self._first_step = True
+        self._first_step = {"train": True, "test": True, "predict": True}
+
+    def _traced(self, kind: str, since: float) -> float:
+        """After a step of `kind`: on the run's first one, book its time as compile; the
+        time from which the phase of `kind` runs on."""
+        now = time.perf_counter()
+        if self._first_step[kind]:
+            self._first_step[kind] = False
+            self.phases.add("compile", now - since)
+            return now
+        return since
 
     def on_epoch_begin(self, epoch, logs=None):
         self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -252,18 +268,34 @@ class _Recorder(keras.callbacks.Callback):
         self._training = True
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._first_step:
-            # The run's first step traces and compiles the graph: keep it out of throughput.
-            self._first_step = False
-            self._start = time.perf_counter()
+        # The run's first step traces and compiles the graph: kept out of throughput.
+        self._start = self._traced("train", self._start)
 
     def _stop_clock(self):
         if self._training:
-            self.train_seconds += time.perf_counter() - self._start
+            seconds = time.perf_counter() - self._start
+            self.train_seconds += seconds
+            self.phases.add("train", seconds)
             self._training = False
 
     def on_test_begin(self, logs=None):  # validation inside fit
         self._stop_clock()
+        self._other_start = time.perf_counter()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._other_start = self._traced("test", self._other_start)
+
+    def on_test_end(self, logs=None):
+        self.phases.add("validation", time.perf_counter() - self._other_start)
+
+    def on_predict_begin(self, logs=None):
+        self._other_start = time.perf_counter()
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._other_start = self._traced("predict", self._other_start)
+
+    def on_predict_end(self, logs=None):
+        self.phases.add("test", time.perf_counter() - self._other_start)
 
     def on_epoch_end(self, epoch, logs=None):
         self._stop_clock()
@@ -279,16 +311,20 @@ class _Recorder(keras.callbacks.Callback):
             self.best, self.best_epoch = val, epoch + 1
             self.best_weights = self.model.get_weights()
             if self.checkpoint is not None:
-                with atomic_path(self.checkpoint, suffix=".weights.h5") as tmp:
+                with self.phases.phase("write"), atomic_path(self.checkpoint, suffix=".weights.h5") as tmp:
                     self.model.save_weights(tmp)
 
 
-def predict_proba(model: keras.Model, images: np.ndarray, *, batch_size: int, hflip: bool = False) -> np.ndarray:
+def predict_proba(
+    model: keras.Model, images: np.ndarray, *, batch_size: int, hflip: bool = False, callbacks=None
+) -> np.ndarray:
     """Class probabilities of NHWC `images` at inference; with `hflip`, the mean of each
     image's and its horizontal mirror's (test-time augmentation), in one predict call."""
     if not hflip:
-        return model.predict(images, batch_size=batch_size, verbose=0)
-    both = model.predict(np.concatenate([images, images[:, :, ::-1]]), batch_size=batch_size, verbose=0)
+        return model.predict(images, batch_size=batch_size, verbose=0, callbacks=callbacks)
+    both = model.predict(
+        np.concatenate([images, images[:, :, ::-1]]), batch_size=batch_size, verbose=0, callbacks=callbacks
+    )
     return (both[: len(images)] + both[len(images) :]) / 2
 
 
@@ -345,6 +381,7 @@ def fit(
     checkpoint: str | Path | None = None,
     evaluate_test: bool | Callable[[], bool] = True,
     verbose: int | str = 0,
+    phases: PhaseClock | None = None,
 ) -> FitResult:
     """Train `model_config` with the recipe `train` on `splits`, then evaluate.
 
@@ -358,17 +395,25 @@ def fit(
     A seed repeats a run exactly on JAX and PyTorch CPUs and for small TensorFlow
     models; TensorFlow's multi-threaded oneDNN kernels make full-size runs differ in
     round-off, which training then amplifies (README, "Repeatability").
+    `phases` (a fresh clock when not given) receives the time of each phase.
     """
     start = time.perf_counter()
-    core, model = compiled_model(model_config, train)
-    x = data.images[..., None]
-    recorder = _Recorder(Path(checkpoint) if checkpoint else None)
+    phases = PhaseClock() if phases is None else phases
+    with phases.phase("build"):
+        core, model = compiled_model(model_config, train)
+    with phases.phase("data"):
+        x = data.images[..., None]
+        x_train, y_train = x[splits.train], _one_hot(data.labels[splits.train])
+        validation_data = (x[splits.val], _one_hot(data.labels[splits.val]))
+    recorder = _Recorder(Path(checkpoint) if checkpoint else None, phases)
     all_callbacks = [_DivergenceGuard(), *schedule_callbacks(train), recorder, *callbacks]
-    validation_data = (x[splits.val], _one_hot(data.labels[splits.val]))
+    # Validation runs in inference mode: a larger batch than training's costs no accuracy
+    # and, on a CPU, a third of the time of batch 32.
+    validation_batch = max(256, train.batch_size)
     if train.mixup > 0:
         feed = MixupFeed(
-            x[splits.train],
-            _one_hot(data.labels[splits.train]),
+            x_train,
+            y_train,
             batch_size=train.batch_size,
             alpha=train.mixup,
             epochs=train.epochs,
@@ -379,18 +424,19 @@ def fit(
             epochs=train.epochs,
             steps_per_epoch=feed.steps_per_epoch,
             validation_data=validation_data,
-            validation_batch_size=train.batch_size,
+            validation_batch_size=validation_batch,
             shuffle=False,  # the feed shuffles, seeded
             callbacks=all_callbacks,
             verbose=verbose,
         )
     else:
         model.fit(
-            x[splits.train],
-            _one_hot(data.labels[splits.train]),
+            x_train,
+            y_train,
             batch_size=train.batch_size,
             epochs=train.epochs,
             validation_data=validation_data,
+            validation_batch_size=validation_batch,
             shuffle=True,
             callbacks=all_callbacks,
             verbose=verbose,
@@ -406,7 +452,9 @@ def fit(
         # One predict call for validation and test: one traced graph, not two.
         test_idx = splits.test if evaluate_test else splits.test[:0]
         both = np.concatenate([splits.val, test_idx])
-        probabilities = predict_proba(model, x[both], batch_size=max(256, train.batch_size), hflip=train.tta_hflip)
+        probabilities = predict_proba(
+            model, x[both], batch_size=validation_batch, hflip=train.tta_hflip, callbacks=[recorder]
+        )
         predicted = np.argmax(probabilities, axis=-1)
         val_pred, predictions = predicted[: len(splits.val)], predicted[len(splits.val) :]
         evaluation["val"] = classification_metrics(data.labels[splits.val], val_pred)

@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 import warnings
+import zlib
 from pathlib import Path
 
 import optuna
@@ -74,14 +75,41 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     raise ConfigError(f"unknown pruner {name!r}; expected hyperband, asha, median or none")
 
 
-def make_sampler(name: str, space: Space, seed: int) -> optuna.samplers.BaseSampler:
+class TrialSeededRandomSampler(optuna.samplers.BaseSampler):
+    """Random search whose draws depend on the seed and the trial number only.
+
+    Optuna's RandomSampler draws from one stream per sampler object, so with several
+    workers (or after a resume) which configuration trial k gets depends on who asked
+    first. Here trial k of a study with seed s always gets the same configuration, however
+    many workers run and in whatever order they finish: a study can be repeated.
+    """
+
+    def __init__(self, seed: int):
+        self._seed = int(seed)
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        draw_seed = zlib.crc32(f"{self._seed}/{trial.number}/{param_name}".encode())
+        return optuna.samplers.RandomSampler(seed=draw_seed).sample_independent(
+            study, trial, param_name, param_distribution
+        )
+
+
+def make_sampler(name: str, space: Space, seed: int, *, study_seed: int = 0) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler `name`, seeded with this worker's `seed` (the random sampler: with
+    the search's `study_seed`, the same in every worker)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
             # constant_liar: parallel workers do not all draw next to the same optimum.
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
         if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
+            return TrialSeededRandomSampler(study_seed)
         if name == "grid":
             return optuna.samplers.GridSampler(grid_of(space), seed=seed)
         if name == "cmaes":
@@ -180,7 +208,7 @@ class Worker:
         self.study = optuna.load_study(
             study_name=settings.study,
             storage=self.storage,
-            sampler=make_sampler(settings.sampler, self.space, seed),
+            sampler=make_sampler(settings.sampler, self.space, seed, study_seed=settings.seed),
             pruner=make_pruner(settings.pruner, settings.max_epochs),
         )
         self.interrupted_params: dict | None = None

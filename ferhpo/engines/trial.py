@@ -27,6 +27,7 @@ from ferhpo import faults
 from ferhpo.atomic import write_json
 from ferhpo.config import thread_env, usable_cores
 from ferhpo.errors import FerhpoError
+from ferhpo.phases import SPAWNED_AT, PhaseClock
 
 SPEC = "spec.json"
 RECORD = "record.json"
@@ -78,7 +79,7 @@ def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=N
             [sys.executable, "-m", "ferhpo.engines.trial", str(folder / SPEC)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**(trial_env(1) if env is None else env), faults.ROLE: "trial"},
+            env={**(trial_env(1) if env is None else env), faults.ROLE: "trial", SPAWNED_AT: repr(time.time())},
             preexec_fn=preexec_fn,
         )
         try:
@@ -156,19 +157,22 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
     return Objective()
 
 
-def run_trial(spec: dict[str, Any], data=None) -> dict[str, Any]:
+def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None) -> dict[str, Any]:
     """Train the trial of `spec`; write its record into spec["folder"] and return it.
 
     `data` may be handed in (tests do, to watch which images are read); otherwise the
-    dataset is loaded through the cache like every command does.
+    dataset is loaded through the cache like every command does. `phases` is the
+    clock of the trial process (from its spawn); a fresh one when not given.
     """
     from ferhpo import runs
     from ferhpo.config import Budget, TrainConfig, model_config_from_dict
     from ferhpo.data import load_fer2013
 
+    phases = PhaseClock() if phases is None else phases
     if data is None:
         source = spec["data"]
-        data = load_fer2013(source["path"], source.get("cache_dir"), skip_bad=source.get("skip_bad", False))
+        with phases.phase("data"):
+            data = load_fer2013(source["path"], source.get("cache_dir"), skip_bad=source.get("skip_bad", False))
     model = model_config_from_dict(spec["model"])
     train = TrainConfig(**spec["train"])
     budget = Budget(**spec["budget"])
@@ -187,8 +191,9 @@ def run_trial(spec: dict[str, Any], data=None) -> dict[str, Any]:
             pruner=make_pruner(spec["search"]["pruner"], train.epochs),
         )
 
-    splits = runs.budget_splits(data, spec["protocol"], budget, train.seed)
-    x_val = data.images[splits.val][..., None]
+    with phases.phase("data"):
+        splits = runs.budget_splits(data, spec["protocol"], budget, train.seed)
+        x_val = data.images[splits.val][..., None]
     callback = _objective_callback(spec, study, trial_id, x_val, data.labels[splits.val])
     record = runs.train_run(
         study_name=spec["study"],
@@ -210,12 +215,14 @@ def run_trial(spec: dict[str, Any], data=None) -> dict[str, Any]:
             "objective_curve": callback.values,
             "pruned_at_epoch": callback.pruned_at or None,
         },
+        phases=phases,
     )
     return record.to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    phases = PhaseClock.for_child()
     spec_path = Path(argv[0])
     spec = json.loads(spec_path.read_text())
     folder = Path(spec["folder"])
@@ -226,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         import keras  # noqa: F401  (the backend loads before the clock of the first epoch)
 
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
-        run_trial(spec)
+        phases.mark_startup()
+        run_trial(spec, phases=phases)
         return 0
     except KeyboardInterrupt:
         return 130
