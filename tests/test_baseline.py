@@ -118,6 +118,72 @@ def test_records_then_skips_then_forces(workdir):
     assert study.trials[0].value == pytest.approx(runs[0]["best_val_accuracy"])
 
 
+TINY_SPACE = """
+[space]
+family = "resnet"
+[fixed]
+base_filters = 8
+head = "gap"
+[params.depth]
+type = "int"
+low = 11
+high = 20
+step = 9
+default = 11
+[params.version]
+type = "categorical"
+choices = [2]
+default = 2
+[params.batch_size]
+type = "categorical"
+choices = [16, 32]
+default = 16
+"""
+
+
+def _phases_add_up(record: dict) -> None:
+    from ferhpo.phases import PHASES
+
+    phases = record["phases"]
+    assert sum(phases[n] for n in (*PHASES, "other")) == pytest.approx(phases["wall"], abs=0.05)
+    assert all(phases[n] >= 0 for n in PHASES) and phases["train"] > 0 and phases["compile"] > 0
+    assert phases["wall"] >= record["wall_seconds"]
+
+
+def test_space_reference_and_overrides_are_named_for_what_they_are(workdir):
+    """`--space` trains the space's defaults as '<space>-reference' under the search's
+    protocol; a preset changed by --set is named after the change and claims no reported
+    accuracy; each record's phases add up to its wall time."""
+    (workdir / "tiny.toml").write_text(TINY_SPACE)
+    result = _baseline(workdir, "--space", str(workdir / "tiny.toml"), "--budget", "smoke", "--json")
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)
+    assert run["name"] == "tiny-reference" and run["protocol"] == "holdout"
+    assert run["reported_test_accuracy"] is None
+    record = json.loads((workdir / run["record"]).read_text())
+    assert record["model"]["depth"] == 11 and record["train"]["batch_size"] == 16
+    _phases_add_up(record)
+    assert record["phases"]["startup"] > 0 and record["phases"]["data"] > 0  # the command's first run
+
+    changed = _baseline(workdir, "--only", "tiny-resnet", "tiny-densenet", "--set", "batch_size=8",
+                        "--seed", "2", "--budget", "smoke", "--json")
+    assert changed.returncode == 0, changed.stderr
+    runs = json.loads(changed.stdout)
+    assert [r["name"] for r in runs] == ["tiny-resnet+batch_size=8", "tiny-densenet+batch_size=8"]
+    assert all(r["reported_test_accuracy"] is None for r in runs)
+    second = json.loads((workdir / runs[1]["record"]).read_text())
+    _phases_add_up(second)
+    assert second["phases"]["startup"] == 0  # later runs of a command share its start-up
+
+    same = _baseline(workdir, "--only", "tiny-resnet", "--seed", "2", "--precision", "float32", "--budget", "smoke",
+                     "--json")
+    (seeded,) = json.loads(same.stdout)
+    assert seeded["name"] == "tiny-resnet" and seeded["reported_test_accuracy"] == 0.5  # the same configuration
+
+    both = _baseline(workdir, "--space", "resnet-cpu", "--only", "tiny-resnet")
+    _assert_one_line_error(both, "--space and --only exclude each other")
+
+
 def test_text_output_has_one_summary_line_per_run(workdir):
     result = _baseline(workdir, "--budget", "smoke", "--only", "tiny-densenet")
     assert result.returncode == 0, result.stderr

@@ -21,14 +21,15 @@ ALLOWED = {
     "errors.py": set(),
     "atomic.py": {"ferhpo.faults"},
     "faults.py": set(),
+    "phases.py": set(),
     "config.py": {"ferhpo.errors"},
     "data.py": {"numpy", "PIL", "platformdirs", "ferhpo.errors", "ferhpo.atomic"},
     "models": {"keras", "ferhpo.config", "ferhpo.errors", "ferhpo.models"},
-    "training.py": {"keras", "numpy", "ferhpo.config", "ferhpo.data", "ferhpo.models", "ferhpo.atomic", "ferhpo.errors"},
+    "training.py": {"keras", "numpy", "ferhpo.config", "ferhpo.data", "ferhpo.models", "ferhpo.atomic", "ferhpo.errors", "ferhpo.phases"},
     "store.py": {"optuna", "sqlalchemy", "ferhpo.errors"},
     # config is stdlib-only (the reported references); optuna rebuilds trials for importance (store uses it anyway)
-    "report": {"numpy", "pandas", "matplotlib", "optuna", "ferhpo.store", "ferhpo.atomic", "ferhpo.errors", "ferhpo.config", "ferhpo.report"},
-    "runs.py": {"numpy", "ferhpo.store", "ferhpo.atomic", "ferhpo.config", "ferhpo.data", "ferhpo.report", "ferhpo.training"},
+    "report": {"numpy", "pandas", "matplotlib", "optuna", "ferhpo.store", "ferhpo.atomic", "ferhpo.errors", "ferhpo.config", "ferhpo.report", "ferhpo.phases"},
+    "runs.py": {"numpy", "ferhpo.store", "ferhpo.atomic", "ferhpo.config", "ferhpo.data", "ferhpo.report", "ferhpo.training", "ferhpo.phases"},
     # spaces are data: no tuner import; the adapters take an Optuna trial / KerasTuner hp duck-typed
     "spaces.py": {"ferhpo.config", "ferhpo.errors"},
     # the HyperModels compile with training's recipe (optimizer, augmentation layers), not a copy of it
@@ -43,7 +44,7 @@ ALLOWED = {
     "engines": {
         "optuna", "keras_tuner", "numpy", "keras",
         "ferhpo.spaces", "ferhpo.training", "ferhpo.store", "ferhpo.runs", "ferhpo.config", "ferhpo.data",
-        "ferhpo.errors", "ferhpo.atomic", "ferhpo.engines", "ferhpo.faults", "ferhpo.report",
+        "ferhpo.errors", "ferhpo.atomic", "ferhpo.engines", "ferhpo.faults", "ferhpo.report", "ferhpo.phases",
     },
 }
 

@@ -32,7 +32,7 @@ N_TEST = 400
 REPORTED = {"densenet-c0.3": 0.6828, "densenet-c0.5": 0.6909, "densenet-c0.7": 0.6934,
             "resnet-v1-104": 0.6652, "resnet-v2-155": 0.6627}
 FIGURES = ("optimization_history", "intermediate_values", "param_importance", "parallel_coordinates",
-           "learning_curves", "accuracy_vs_params", "confusion_matrix")
+           "learning_curves", "accuracy_vs_params", "time_phases", "confusion_matrix")
 
 FILES = np.array([f"test/{CLASSES[i % 7]}/{'PrivateTest' if i % 2 else 'PublicTest'}_{i}.png" for i in range(N_TEST)])
 LABELS = np.random.default_rng(1).integers(0, 7, N_TEST)
@@ -75,7 +75,7 @@ def _evaluation(right: np.ndarray, files=FILES, labels=LABELS) -> tuple[dict, np
 def make_record(root: Path, study: str, run: str, *, kind="trial", status="complete", family="densenet",
                 right: np.ndarray | None = None, val=0.5, hyper=None, seed=0, epochs=3, model=None,
                 protocol="holdout", sees=(), files=FILES, labels=LABELS, budget="quick", reported=None,
-                pruned_at=None, params=500_000) -> store.RunRecord:
+                pruned_at=None, params=500_000, started_at=1_000.0) -> store.RunRecord:
     run_id = f"{run}-{budget}-{abs(hash((study, run, seed))) % 10**8:08d}"
     folder = root / study / run_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -105,8 +105,16 @@ def make_record(root: Path, study: str, run: str, *, kind="trial", status="compl
         epochs_run=len(curve), best_epoch=len(curve), best_val_accuracy=max(curve), evaluation=evaluation,
         params=params, train_images=1000, wall_seconds=12.5 * len(curve), train_seconds=10.0 * len(curve),
         images_per_second=250.0, environment={"python": "3"}, artifacts=artifacts, reported_test_accuracy=reported,
-        hyperparameters=hyper, search=search,
+        hyperparameters=hyper, search=search, phases=make_phases(len(curve), started_at),
     )
+
+
+def make_phases(epochs: int, started_at: float) -> dict:
+    """A run's phase times as `ferhpo.phases.PhaseClock.summary` gives them: 100 s of training
+    per epoch and 20 s of everything else."""
+    phases = {"startup": 4.0, "data": 1.0, "build": 1.0, "compile": 5.0, "train": 100.0 * epochs,
+              "validation": 2.0, "test": 3.0, "write": 1.0, "other": 3.0}
+    return {**phases, "wall": sum(phases.values()), "started_at": started_at}
 
 
 def add_pruned(study, record: store.RunRecord) -> None:
@@ -147,21 +155,32 @@ def build_studies(root: Path, url: str) -> None:
                                        right=right_with(extra_wrong=40), val=0.55, protocol="seed-resnet", epochs=3,
                                        reported=0.6652, params=1_647_975,
                                        model={"family": "resnet", "version": 1, "depth": 104}))
+    # the reference recipe at the search's own budget and protocol: the one trials are tested against
+    store.add_record(base, make_record(root, "baseline", "tiny-reference", kind="baseline", right=BASELINE_RIGHT,
+                                       val=0.58, epochs=3, budget="quick", params=200_000,
+                                       model={"family": "densenet", "growth_rate": 10, "num_blocks": 3,
+                                              "layers_per_block": 4, "compression": 0.5}))
 
     search = store.open_study("search", url)
     search.set_user_attr("ferhpo.search", SETTINGS)
     win = {"growth_rate": 24, "learning_rate": 3e-3, "optimizer": "adam"}
-    store.add_record(search, make_record(root, "search", "trial-0", right=right_with(extra_right=60), val=0.70, hyper=win))
+    # two workers: trials 0 and 1 side by side (320 s each), then 2 (320 s) beside 3 (pruned, 120 s),
+    # then 5 alone: a span of 960 s, 2 x 960 s of capacity
+    store.add_record(search, make_record(root, "search", "trial-0", right=right_with(extra_right=60), val=0.70, hyper=win,
+                                         started_at=0.0))
     store.add_record(search, make_record(root, "search", "trial-1", right=right_with(5, 5), val=0.65,
-                                         hyper={"growth_rate": 12, "learning_rate": 1e-3, "optimizer": "rmsprop"}))
+                                         hyper={"growth_rate": 12, "learning_rate": 1e-3, "optimizer": "rmsprop"},
+                                         started_at=0.0))
     store.add_record(search, make_record(root, "search", "trial-2", right=right_with(extra_wrong=60), val=0.60,
-                                         hyper={"growth_rate": 8, "learning_rate": 1e-4, "optimizer": "sgd"}))
+                                         hyper={"growth_rate": 8, "learning_rate": 1e-4, "optimizer": "sgd"},
+                                         started_at=320.0))
     add_pruned(search, make_record(root, "search", "trial-3", status="pruned", val=0.3, epochs=1, pruned_at=1,
-                                   hyper={"growth_rate": 32, "learning_rate": 1e-2, "optimizer": "sgd"}))
+                                   hyper={"growth_rate": 32, "learning_rate": 1e-2, "optimizer": "sgd"},
+                                   started_at=320.0))
     add_failed(search, "the loss diverged to NaN at epoch 1", {"growth_rate": 16, "learning_rate": 0.009})
     # the winner again with another seed: a seed group of two
     store.add_record(search, make_record(root, "search", "trial-5", right=right_with(extra_right=50), val=0.68,
-                                         hyper=win, seed=1))
+                                         hyper=win, seed=1, started_at=640.0))
 
 
 @pytest.fixture(scope="module")
@@ -282,9 +301,12 @@ def test_differences_against_references_and_baseline(built):
     assert top["test_accuracy"] == pytest.approx(0.75)
     assert top["diff_best_reference_pts"] == pytest.approx(100 * (0.75 - 0.6934))
     assert top["best_reference"] == "densenet-c0.7" and top["family_reference"] == "densenet-c0.7"
-    assert top["diff_baseline_pts"] == pytest.approx(15.0) and top["baseline_run"] == "densenet-c0.7"
+    # tested against the reference run of its own budget and protocol, not the better-scoring
+    # densenet-c0.7 of another protocol
+    assert top["diff_baseline_pts"] == pytest.approx(15.0) and top["baseline_run"] == "tiny-reference"
     reported = [r for r in rows if r["kind"] == "reported"]
     assert {r["run"]: r["test_accuracy"] for r in reported} == REPORTED
+    assert all(r["diff_baseline_pts"] is None for r in reported)  # full budget, not the quick one
     resnet = row(rows, "resnet-v1-104", "reported")
     assert resnet["diff_family_reference_pts"] == 0.0
     assert resnet["diff_best_reference_pts"] == pytest.approx(100 * (0.6652 - 0.6934))
@@ -335,7 +357,7 @@ def test_summary_names_the_best_trial_interval_and_pruning_savings(built):
 
 def test_csv_has_one_row_per_trial_and_reference(built):
     frame = pd.read_csv(built["out"] / "trials.csv")
-    assert len(frame) == 6 + 5 + 2
+    assert len(frame) == 6 + 5 + 3
     assert set(frame["kind"]) == {"trial", "baseline", "reported"}
     assert {"rank", "test_private_accuracy", "test_public_accuracy", "macro_f1", "params", "train_seconds",
             "images_per_second", "diff_best_reference_pts", "diff_family_reference_pts", "diff_baseline_pts",
@@ -371,11 +393,14 @@ def test_a_baseline_only_study(built, tmp_path):
     result = build_report("baseline", storage=built["url"], out=tmp_path / "b", root=built["root"])
     rows = json.loads((tmp_path / "b" / "trials.json").read_text())["rows"]
     ranked = [r for r in rows if r["rank"] is not None]
-    assert [r["run"] for r in ranked] == ["densenet-c0.7", "resnet-v1-104"]  # by validation accuracy
+    assert [r["run"] for r in ranked] == ["densenet-c0.7", "tiny-reference", "resnet-v1-104"]  # by validation
     assert ranked[0]["verdict"] == "n/a" and "itself" in ranked[0]["comparison_note"]
-    assert ranked[1]["verdict"] == "loses" and ranked[1]["diff_baseline_pts"] == pytest.approx(-10.0)
+    # like with like: the other runs used other protocols than the best one, so no test against it
+    for other, protocol in ((ranked[1], "holdout"), (ranked[2], "seed-resnet")):
+        assert other["verdict"] == "n/a" and other["diff_baseline_pts"] is None
+        assert f"protocols differ: {protocol} against seed-densenet" in other["comparison_note"]
     assert len([r for r in rows if r["kind"] == "reported"]) == 5
-    assert len([r for r in rows if r["kind"] == "baseline"]) == 2  # not repeated in the reference block
+    assert len([r for r in rows if r["kind"] == "baseline"]) == 3  # not repeated in the reference block
     assert set(result.figures_skipped) == {"param_importance", "parallel_coordinates"}
     assert "Not drawn: needs at least 2 complete trials" in (tmp_path / "b" / "report.md").read_text()
 
@@ -398,7 +423,7 @@ def test_without_a_baseline_study_there_is_no_verdict(tmp_path):
     resnet = row(rows, "trial-1")
     assert resnet["family_reference"] == "resnet-v1-104"
     assert resnet["diff_family_reference_pts"] == pytest.approx(100 * (0.6 - 0.6652))
-    assert "No reproduced baseline run" in " ".join(result.summary)
+    assert "no reproduced baseline run was found" in " ".join(result.summary)
     failed = row(rows, "kt-7")
     assert failed["status"] == "failed" and failed["key_hyperparameters"] == "growth_rate=32" and failed["rank"] == 3
 
@@ -507,3 +532,65 @@ def test_html_renders_offline_in_headless_chromium(built, tmp_path):
                    capture_output=True, text=True, timeout=120)
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     print(f"screenshot of the report: {shot}")
+
+
+def test_trials_are_tested_only_against_a_baseline_of_their_budget_and_protocol(tmp_path):
+    """A study at one budget whose baseline study holds only other budgets or protocols gets
+    no paired test, and the report says why, instead of a verdict against the wrong bar."""
+    root, url = tmp_path / "studies", f"sqlite:///{tmp_path}/s.db"
+    base = store.open_study("baseline", url)
+    store.add_record(base, make_record(root, "baseline", "resnet-cpu-reference", kind="baseline", right=BASELINE_RIGHT,
+                                       budget="smoke", epochs=3))
+    store.add_record(base, make_record(root, "baseline", "resnet-cpu-reference", kind="baseline", right=BASELINE_RIGHT,
+                                       budget="cpu", epochs=3, protocol="seed-resnet", seed=1))
+    study = store.open_study("cpu-search", url)
+    store.add_record(study, make_record(root, "cpu-search", "trial-0", right=right_with(extra_right=60), val=0.7,
+                                        budget="cpu", hyper={"growth_rate": 24}))
+    result = build_report("cpu-search", storage=url, out=tmp_path / "out", root=root)
+    rows = json.loads((tmp_path / "out" / "trials.json").read_text())["rows"]
+    trial = row(rows, "trial-0")
+    assert trial["verdict"] == "n/a" and trial["diff_baseline_pts"] is None and trial["baseline_run"] is None
+    summary = " ".join(result.summary)
+    assert "No paired test against a reproduced baseline" in summary
+    assert "smoke (3 epochs) / holdout" in summary and "cpu (3 epochs) / seed-resnet" in summary
+    assert "--budget cpu --protocol holdout" in summary
+
+    # with a reference run at the same budget and protocol, that one is the bar
+    store.add_record(base, make_record(root, "baseline", "resnet-cpu-reference", kind="baseline", right=BASELINE_RIGHT,
+                                       budget="cpu", epochs=3, seed=2))
+    result = build_report("cpu-search", storage=url, out=tmp_path / "out2", root=root)
+    trial = row(json.loads((tmp_path / "out2" / "trials.json").read_text())["rows"], "trial-0")
+    assert trial["verdict"] == "beats" and trial["diff_baseline_pts"] == pytest.approx(15.0)
+
+
+def test_time_breakdown_share_of_the_study_wall_time(built):
+    """Training share = training seconds / (span x workers): idle workers count against it."""
+    t = json.loads((built["out"] / "trials.json").read_text())["compute"]["time"]
+    # trials 0, 1, 2, 5: 3 epochs (300 s training, 320 s wall); trial 3 pruned after 1 (100 s, 120 s)
+    assert t["runs"] == 5 and t["workers"] == 2
+    assert t["span_seconds"] == pytest.approx(960.0) and t["run_wall_seconds"] == pytest.approx(1400.0)
+    assert t["phases"]["train"] == pytest.approx(1300.0) and t["idle_seconds"] == pytest.approx(520.0)
+    assert t["train_share"] == pytest.approx(1300.0 / 1920.0)
+    assert t["train_share_of_runs"] == pytest.approx(1300.0 / 1400.0)
+    summary = " ".join(built["result"].summary)
+    assert "training steps took 67.7% of the study's wall time" in summary and "workers idle 27.1%" in summary
+
+
+def test_a_modified_preset_is_not_shown_as_the_reported_model(tmp_path):
+    """A baseline run made with --set carries its changes in its name and no reported
+    accuracy: the report lists it apart, not beside the preset's reported number."""
+    root, url = tmp_path / "studies", f"sqlite:///{tmp_path}/s.db"
+    base = store.open_study("baseline", url)
+    store.add_record(base, make_record(root, "baseline", "resnet-v1-104", kind="baseline", family="resnet",
+                                       right=BASELINE_RIGHT, reported=0.6652, model={"family": "resnet", "depth": 104}))
+    store.add_record(base, make_record(root, "baseline", "resnet-v1-104+depth=20", kind="baseline", family="resnet",
+                                       right=right_with(extra_wrong=10), model={"family": "resnet", "depth": 20}))
+    build_report("baseline", storage=url, out=tmp_path / "out", root=root)
+    rows = json.loads((tmp_path / "out" / "trials.json").read_text())["rows"]
+    block = [(r["run"], r["kind"]) for r in rows if r["rank"] is None]
+    reported_at = block.index(("resnet-v1-104", "reported"))
+    assert block[reported_at + 1] != ("resnet-v1-104+depth=20", "baseline")
+    modified = row(rows, "resnet-v1-104+depth=20")
+    assert "reproduced" not in (modified["note"] or "") and "reproduced resnet-v1-104" in row(rows, "resnet-v1-104", "baseline")["note"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "resnet-v1-104+depth=20" in md

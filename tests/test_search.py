@@ -109,6 +109,12 @@ def check_record(record: store.RunRecord, *, engine: str) -> None:
     assert {"val", "test", "test_public", "test_private"} <= set(record.evaluation)
     assert record.selection_sees == []  # holdout: validation comes from Training only
     assert record.model["depth"] == 8 and record.train["batch_size"] == 32
+    # the trial process's phases, from its spawn by the worker, add up to its wall time
+    from ferhpo.phases import PHASES
+
+    phases = record.phases
+    assert sum(phases[n] for n in (*PHASES, "other")) == pytest.approx(phases["wall"], abs=0.05)
+    assert phases["startup"] > 0 and phases["data"] > 0 and phases["train"] > 0 and phases["compile"] > 0
 
 
 # --------------------------------------------------------------------------- both engines, real data
@@ -339,3 +345,29 @@ def test_timeout_stops_starting_trials_with_keras_tuner(small_data, space, workd
                     cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert len(store.records(load(workdir, "t"))) == 1  # the first trial ran past the deadline: no second
+
+
+def test_the_random_sampler_gives_trial_k_the_same_configuration_whatever_the_order():
+    """Two workers taking trials in turns, or one taking them all, draw the same
+    configuration for each trial number: a study with --sampler random repeats."""
+    from ferhpo.engines.optuna_engine import make_sampler
+    from ferhpo.spaces import load_space, suggest_optuna
+
+    space = load_space("resnet-cpu")
+
+    def drawn(workers: int, seed: int = 0, n: int = 6) -> dict[int, dict]:
+        storage = optuna.storages.InMemoryStorage()
+        optuna.create_study(study_name="s", storage=storage)
+        # each worker has its own sampler object, seeded as a worker would be
+        studies = [optuna.load_study(study_name="s", storage=storage,
+                                     sampler=make_sampler("random", space, 1000 + i, study_seed=seed))
+                   for i in range(workers)]
+        out = {}
+        for k in range(n):
+            trial = studies[(k * 7 + 3) % workers].ask()
+            out[trial.number] = suggest_optuna(space, trial)
+        return out
+
+    one, two = drawn(1), drawn(2)
+    assert one == two and len({str(v) for v in one.values()}) == 6
+    assert drawn(1, seed=1) != one

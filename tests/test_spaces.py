@@ -76,7 +76,7 @@ default = "adam"
 
 
 def test_shipped_spaces_are_known():
-    assert known_spaces() == ["densenet", "resnet"]  # baseline.toml is the preset table
+    assert known_spaces() == ["densenet", "densenet-cpu", "resnet", "resnet-cpu"]  # baseline.toml is the preset table
 
 
 @pytest.mark.parametrize(
@@ -109,6 +109,63 @@ def test_shipped_spaces_describe_themselves(name):
     assert space.param("schedule").choices == ("reference-step", "cosine", "constant")
 
 
+# The CPU spaces: small models, the study's recipe of the family as the defaults.
+CPU_SPACES = [("resnet-cpu", "resnet-v1-104", 277_543), ("densenet-cpu", "densenet-c0.5", None)]
+
+
+@pytest.mark.parametrize(("name", "preset", "params"), CPU_SPACES)
+def test_cpu_space_defaults_are_the_reference_recipe_on_a_small_model(name, preset, params):
+    """The defaults of a *-cpu space are the bar its trials are measured against: the
+    family's reference recipe (optimizer, rate, schedule, augmentation, batch) unchanged."""
+    import keras
+
+    from ferhpo.models import build_model
+
+    space = load_space(name)
+    assert space.family == get_preset(preset).model.family and space.description
+    model, train = space.configs({})
+    assert train == get_preset(preset).train
+    built = build_model(model)
+    if params is not None:
+        assert built.count_params() == params  # ResNet v1-20, as the file says
+    assert built.count_params() < get_preset(preset).reported_params / 2
+    keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("name", ["resnet-cpu", "densenet-cpu"])
+def test_every_architecture_value_of_a_cpu_space_builds(name):
+    """Each value of each architecture parameter (the others at their defaults) gives a
+    model Keras builds, small enough for a CPU."""
+    import keras
+
+    from ferhpo.models import build_model
+
+    space = load_space(name)
+    model_fields = {f for f in space.model_class.__dataclass_fields__}
+    for p in space.params:
+        if p.field not in model_fields:
+            continue
+        base = {p.when[0]: p.when[1][0]} if p.when is not None else {}
+        if p.type in ("categorical", "bool"):
+            values = p.candidates
+        elif p.type == "int":
+            values = range(p.low, p.high + 1, p.step or 1)
+        else:
+            values = p.float_grid()
+        for value in values:
+            model, _ = space.configs({**base, p.name: value})
+            assert build_model(model).count_params() < 1_000_000, (p.name, value)
+            keras.backend.clear_session()
+
+
+def test_the_cpu_budget_trains_every_image_for_a_few_epochs():
+    from ferhpo.config import BUDGETS, get_budget
+
+    cpu = get_budget("cpu")
+    assert cpu.epochs == 3 and (cpu.train_limit, cpu.val_limit, cpu.test_limit) == (None, None, None)
+    assert list(BUDGETS) == ["smoke", "quick", "cpu", "full"]
+
+
 def test_resnet_base_filters_stay_at_16_or_more():
     assert load_space("resnet").param("base_filters").low >= 16  # oneDNN, see the file
 
@@ -117,7 +174,7 @@ def test_load_space_by_path_and_errors(tmp_path):
     path = write(tmp_path, KINDS, "kinds.toml")
     assert load_space(path).name == "kinds"
     assert load_space(str(path)).path == str(path)
-    with pytest.raises(ConfigError, match=r"unknown search space 'nope'; known spaces: densenet, resnet"):
+    with pytest.raises(ConfigError, match=r"unknown search space 'nope'; known spaces: densenet, densenet-cpu, resnet"):
         load_space("nope")
     with pytest.raises(ConfigError, match=r"missing\.toml: search space file not found; known spaces: densenet"):
         load_space(tmp_path / "missing.toml")

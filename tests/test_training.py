@@ -89,6 +89,25 @@ def test_fit_records_curves_restores_best_and_evaluates(model, tiny, tmp_path):
     assert result.train_seconds <= sum(result.history["seconds"]) <= result.wall_seconds
 
 
+def test_fit_times_each_phase_and_they_add_up_to_its_wall_time(tiny, tmp_path):
+    """Build, tracing, training steps, validation, test and checkpoints each get their time;
+    with nothing else to claim it, `other` is what the fit's callbacks and Keras' own
+    bookkeeping took, and the phases sum to the wall time."""
+    from ferhpo.phases import PHASES, PhaseClock
+
+    data, splits = tiny
+    clock = PhaseClock()
+    result = fit(TINY_RESNET, TINY_TRAIN, data, splits, checkpoint=tmp_path / "best.weights.h5", phases=clock)
+    summary = clock.summary()
+    for name in ("build", "compile", "train", "validation", "test", "write"):
+        assert summary[name] > 0, name
+    assert summary["startup"] == 0  # the caller's to book (a trial process does)
+    assert summary["train"] == pytest.approx(result.train_seconds, abs=0.001)  # rounded to ms
+    assert sum(summary[n] for n in (*PHASES, "other")) == pytest.approx(summary["wall"], abs=0.01)
+    assert 0 <= summary["other"] < 0.5 * summary["wall"]
+    assert summary["wall"] == pytest.approx(result.wall_seconds, rel=0.1, abs=0.5)
+
+
 @pytest.mark.parametrize("model", [TINY_DENSENET, TINY_RESNET], ids=["densenet", "resnet"])
 def test_fit_is_repeatable_with_a_seed(model, tiny):
     data, splits = tiny

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ferhpo.phases import DESCRIPTIONS as PHASE_DESCRIPTIONS
+from ferhpo.phases import PHASES
 from ferhpo.report import stats
 from ferhpo.report.load import Failure, Run, StudyData
 
@@ -82,6 +84,7 @@ class Content:
     comparisons: list[dict[str, Any]]  # the top-K trials against the best baseline
     best: Run | None
     best_baseline: Run | None
+    no_baseline: str  # why best_baseline is None ("" when there is one)
     best_comparison: stats.Comparison | None
     seed_groups: list[dict[str, Any]]
     compute: dict[str, Any]
@@ -211,16 +214,47 @@ def rank_runs(data: StudyData) -> list[tuple[int, Run | Failure]]:
     return list(enumerate(ordered, 1))
 
 
-def choose_best_baseline(data: StudyData, best: Run | None) -> Run | None:
-    """The reproduced baseline run with the highest test accuracy, preferring the budget
-    of the best trial (a smoke trial is compared with a smoke baseline if there is one)."""
+def _budget_text(budget: dict[str, Any]) -> str:
+    limits = [f"{k.split('_')[0]} <= {budget[k]:,}" for k in ("train_limit", "val_limit", "test_limit") if budget.get(k)]
+    epochs = f"{budget['epochs']} epochs" if budget.get("epochs") else "the recipe's epochs"
+    return f"{budget.get('name')} ({', '.join([epochs, *limits])})"
+
+
+def incomparable(a, b) -> str | None:
+    """Why records `a` and `b` may not be tested against each other, or None when they are
+    like with like: the same budget (epochs and images), split protocol and data."""
+    if a.budget != b.budget:
+        return f"budgets differ: {_budget_text(a.budget)} against {_budget_text(b.budget)}"
+    if a.protocol != b.protocol:
+        return f"protocols differ: {a.protocol} against {b.protocol}"
+    if a.data_fingerprint != b.data_fingerprint:
+        return "they were trained on different data (fingerprints differ)"
+    return None
+
+
+def choose_best_baseline(data: StudyData, best: Run | None) -> tuple[Run | None, str]:
+    """The reproduced baseline run to test against, or None and why there is none.
+
+    Only like is compared with like: a baseline run of the best run's budget, protocol
+    and data (the one with the highest test accuracy, the hardest bar, when there are
+    several). A study's best trial at the cpu budget is never tested against smoke or
+    full-budget baselines: the report says that the baseline study holds none that match.
+    """
     candidates = [r for r in data.baselines if r.record.test_accuracy is not None]
-    if best is not None:
-        same = [r for r in candidates if r.record.budget.get("name") == best.record.budget.get("name")]
-        candidates = same or candidates
     if not candidates:
-        return None
-    return max(candidates, key=lambda r: (r.record.test_accuracy, r.record.created))
+        return None, "no reproduced baseline run was found (run `ferhpo baseline`, or name one with --baseline-study)"
+    if best is not None:
+        matching = [r for r in candidates if incomparable(best.record, r.record) is None]
+        if not matching:
+            held = sorted({f"{_budget_text(r.record.budget)} / {r.record.protocol}" for r in candidates})
+            return None, (
+                f"the baseline runs of {data.baseline_study} were trained at other budgets or protocols "
+                f"({'; '.join(held)}) than the best run ({_budget_text(best.record.budget)} / {best.record.protocol}), "
+                f"so there is no paired test against them; train one at the same budget and protocol "
+                f"(e.g. `ferhpo baseline --space SPACE --budget {best.record.budget.get('name')} --protocol {best.record.protocol}`)"
+            )
+        candidates = matching
+    return max(candidates, key=lambda r: (r.record.test_accuracy, r.record.created)), ""
 
 
 def seed_groups(runs: list[Run]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -282,6 +316,45 @@ def grid_points(space: dict | None, max_values: int = 5) -> int | None:
     return total
 
 
+def time_breakdown(runs: list[Run]) -> dict[str, Any] | None:
+    """Where the runs' time went: seconds per phase (ferhpo.phases) summed over the runs,
+    and the share of the study's wall time spent in training steps.
+
+    The study's wall time is its span, from the first run's process start to the last
+    run's end, times the most runs that were ever going at once (the workers): a worker
+    idle at the end of a search counts against the share, as it should. None when no
+    record carries phases (older records).
+    """
+    timed = [r for r in runs if r.record.phases and r.record.phases.get("wall")]
+    if not timed:
+        return None
+    names = (*PHASES, "other")
+    totals = {name: sum(float(r.record.phases.get(name, 0.0)) for r in timed) for name in names}
+    run_wall = sum(float(r.record.phases["wall"]) for r in timed)
+    intervals = [(float(r.record.phases.get("started_at", 0.0)), float(r.record.phases["wall"])) for r in timed]
+    begin = min(start for start, _ in intervals)
+    span = max(start + wall for start, wall in intervals) - begin
+    # the most runs going at once: +1 at each start, -1 at each end (ends first on ties)
+    events = sorted([(start, 1) for start, _ in intervals] + [(start + wall, -1) for start, wall in intervals],
+                    key=lambda e: (e[0], e[1]))
+    going = workers = 0
+    for _, step in events:
+        going += step
+        workers = max(workers, going)
+    capacity = span * max(workers, 1)
+    return {
+        "runs": len(timed),
+        "phases": totals,
+        "run_wall_seconds": run_wall,
+        "span_seconds": span,
+        "workers": workers,
+        "idle_seconds": max(0.0, capacity - run_wall),
+        "train_share": totals["train"] / capacity if capacity > 0 else None,
+        "train_share_of_runs": totals["train"] / run_wall if run_wall > 0 else None,
+        "per_run": [(r.name, {n: float(r.record.phases.get(n, 0.0)) for n in names}) for r in timed],
+    }
+
+
 def compute_used(data: StudyData) -> dict[str, Any]:
     """Time and epochs the study's runs used, and what pruning saved."""
     runs = data.ranked
@@ -304,6 +377,7 @@ def compute_used(data: StudyData) -> dict[str, Any]:
         "max_epochs": max_epochs,
         "grid_points": grid,
         "grid_epochs": grid * max_epochs if grid and max_epochs else None,
+        "time": time_breakdown(runs),
     }
 
 
@@ -414,7 +488,7 @@ def build_content(data: StudyData, references: list[Reference], *, top: int = 10
     defaults = space_defaults(data.space)
     ranked = rank_runs(data)
     best = next((item for _, item in ranked if isinstance(item, Run) and item.status == "complete"), None)
-    best_baseline = choose_best_baseline(data, best)
+    best_baseline, no_baseline = choose_best_baseline(data, best)
     pareto = set(data.pareto or [])
     objective = data.objective_name
 
@@ -427,10 +501,14 @@ def build_content(data: StudyData, references: list[Reference], *, top: int = 10
     complete = [item for _, item in ranked if isinstance(item, Run) and item.status == "complete"]
     for run in complete[:top]:
         if best_baseline is None:
-            comparisons[run.record.run_id] = stats.not_available("no reproduced baseline run to compare with")
+            comparisons[run.record.run_id] = stats.not_available(no_baseline)
             continue
         if run.record.run_id == best_baseline.record.run_id:
             comparisons[run.record.run_id] = stats.not_available("this is the best baseline run itself")
+            continue
+        why = incomparable(run.record, best_baseline.record)
+        if why is not None:
+            comparisons[run.record.run_id] = stats.not_available(f"not tested against {best_baseline.name}: {why}")
             continue
         path = run.artifact("test_predictions")
         mine = None if path is None else stats.load_predictions(path)
@@ -438,10 +516,6 @@ def build_content(data: StudyData, references: list[Reference], *, top: int = 10
             comparison = stats.not_available(f"no test predictions for the baseline run {best_baseline.name}")
         else:
             comparison = stats.compare(mine, baseline_predictions, seed=seed)
-        budget_a, budget_b = run.record.budget.get("name"), best_baseline.record.budget.get("name")
-        if budget_a != budget_b and comparison.verdict != "n/a":
-            extra = f"budgets differ (this run {budget_a}, baseline {budget_b})"
-            comparison = stats.Comparison(**{**comparison.to_dict(), "reason": "; ".join(x for x in (comparison.reason, extra) if x)})
         comparisons[run.record.run_id] = comparison
 
     everyone = {r.record.run_id: r for r in [*data.runs, *data.baselines]}
@@ -492,6 +566,7 @@ def build_content(data: StudyData, references: list[Reference], *, top: int = 10
         ],
         best=best,
         best_baseline=best_baseline,
+        no_baseline=no_baseline,
         best_comparison=best_comparison,
         seed_groups=groups,
         compute=compute,
@@ -509,6 +584,7 @@ def _run_row(run: Run, rank, references, best_ref, best_baseline, defaults, obje
     r = run.record
     family_ref = family_reference(references, r.family)
     test = r.test_accuracy
+    like = best_baseline is not None and incomparable(r, best_baseline.record) is None
     row = _empty_row()
     group = member.get(r.run_id)
     sees = list(r.selection_sees)
@@ -554,8 +630,8 @@ def _run_row(run: Run, rank, references, best_ref, best_baseline, defaults, obje
         diff_best_reference_pts=points(test, best_ref.accuracy if best_ref else None),
         family_reference=family_ref.name if family_ref else None,
         diff_family_reference_pts=points(test, family_ref.accuracy if family_ref else None),
-        baseline_run=best_baseline.name if best_baseline else None,
-        diff_baseline_pts=points(test, best_baseline.record.test_accuracy) if best_baseline else None,
+        baseline_run=best_baseline.name if like else None,
+        diff_baseline_pts=points(test, best_baseline.record.test_accuracy) if like else None,
         seed_runs=group["n"] if group else None,
         seed_mean_test_accuracy=group["mean_test_accuracy"] if group else None,
         seed_std_test_accuracy=group["std_test_accuracy"] if group else None,
@@ -592,6 +668,9 @@ def _fill_comparison(row: dict[str, Any], comparison: stats.Comparison | None, r
 def _reference_row(ref: Reference, refs: list[Reference], best_ref: Reference | None, best_baseline: Run | None) -> dict[str, Any]:
     row = _empty_row()
     family_ref = family_reference(refs, ref.family)
+    # A reported number is a full-budget run of the full dataset under its protocol.
+    like = (best_baseline is not None and best_baseline.record.protocol == ref.protocol
+            and best_baseline.record.budget.get("name") == "full" and not best_baseline.record.budget.get("train_limit"))
     sees = PROTOCOL_SEES.get(ref.protocol, ())
     notes = ["reported by the reference study"]
     if sees:
@@ -615,8 +694,8 @@ def _reference_row(ref: Reference, refs: list[Reference], best_ref: Reference | 
         diff_best_reference_pts=points(ref.accuracy, best_ref.accuracy if best_ref else None),
         family_reference=family_ref.name if family_ref else None,
         diff_family_reference_pts=points(ref.accuracy, family_ref.accuracy if family_ref else None),
-        baseline_run=best_baseline.name if best_baseline else None,
-        diff_baseline_pts=points(ref.accuracy, best_baseline.record.test_accuracy) if best_baseline else None,
+        baseline_run=best_baseline.name if like else None,
+        diff_baseline_pts=points(ref.accuracy, best_baseline.record.test_accuracy) if like else None,
         selection_used_test=bool(sees),
         note="; ".join(notes),
     )
@@ -689,7 +768,7 @@ def _summary(c: Content, best_ref: Reference | None, defaults: dict[str, Any]) -
                 refs.append(f"{signed(points(test, family_ref.accuracy))} against the {r.family} reference {family_ref.name} ({family_ref.accuracy:.4f})")
             lines.append(f"Its test accuracy is {test:.4f} on {n:,} images{halves}: " + "; ".join(refs) + ".")
         if c.best_baseline is None:
-            lines.append("No reproduced baseline run was found (run `ferhpo baseline`, or name one with --baseline-study), so there is no paired test.")
+            lines.append(f"No paired test against a reproduced baseline: {c.no_baseline}.")
         elif c.best_baseline.record.run_id == best.record.run_id:
             lines.append("The best run is itself the best reproduced baseline, the one the others are tested against.")
         elif c.best_comparison is not None:
@@ -723,6 +802,19 @@ def _summary(c: Content, best_ref: Reference | None, defaults: dict[str, Any]) -
             f"would have trained about {k['grid_epochs']:,} epochs"
         )
     lines.append(compute + ".")
+    t = k.get("time")
+    if t is not None:
+        rest = sorted(((n, v) for n, v in t["phases"].items() if n != "train" and v > 0), key=lambda x: -x[1])
+        capacity = t["span_seconds"] * max(t["workers"], 1)
+        parts = [f"{n} {100 * v / capacity:.1f}%" for n, v in rest[:5]]
+        if t["idle_seconds"] > 0.005 * capacity:
+            parts.append(f"workers idle {100 * t['idle_seconds'] / capacity:.1f}%")
+        lines.append(
+            f"Time: training steps took {100 * t['train_share']:.1f}% of the study's wall time "
+            f"({fmt_seconds(t['phases']['train'])} of {fmt_seconds(t['span_seconds'])} x {t['workers']} "
+            f"worker(s); {100 * t['train_share_of_runs']:.1f}% of the {t['runs']} runs' own time); "
+            f"the rest: {', '.join(parts)}."
+        )
     seen = sum(1 for row in c.rows if row["selection_used_test"] and row["kind"] != "reported")
     if seen:
         lines.append(
@@ -900,6 +992,20 @@ def figure_specs(c: Content) -> list[FigureSpec]:
             groups, path, front=front, highlight=highlight)
     else:
         spec.reason = "no run has a test accuracy"
+    specs.append(spec)
+
+    # where the time went
+    t = c.compute.get("time")
+    spec = FigureSpec(
+        "time_phases", "Where the time went",
+        "Wall time of each run by phase (process start-up and imports, data, model build, graph tracing, "
+        "training steps, validation, test evaluation, writing results, the rest), and the study's wall time "
+        "(its span times its workers) split the same way, idle workers included.",
+    )
+    if t is not None:
+        spec.draw = lambda path, t=t: fg.time_phases(t["per_run"], path, idle=t["idle_seconds"])
+    else:
+        spec.reason = "the records carry no phase times (made before ferhpo recorded them)"
     specs.append(spec)
 
     # confusion matrix of the best trial

@@ -347,3 +347,38 @@ def confusion_matrix(confusion: list[list[int]], classes: list[str], path: str |
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="share of the true class (%)")
     return _save(fig, path)
+
+
+def time_phases(per_run: list[tuple[str, dict[str, float]]], path: str | Path, *, idle: float = 0.0) -> Path:
+    """Stacked bars of each run's wall seconds by phase, and one bar of the whole study's
+    time in percent (the runs' phases summed, plus `idle` worker seconds)."""
+    names = list(per_run[0][1]) if per_run else []
+    # training steps in green, the overheads in other colours
+    palette = ["tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:green", "tab:cyan", "tab:pink", "tab:brown", "tab:olive"]
+    fig = Figure(figsize=(10, 2.2 + 0.32 * len(per_run)), layout="constrained")
+    runs_ax, total_ax = fig.subplots(2, 1, height_ratios=[max(len(per_run), 1), 1.6])
+    labels = [name for name, _ in per_run]
+    left = np.zeros(len(per_run))
+    for i, phase in enumerate(names):
+        widths = np.array([phases.get(phase, 0.0) for _, phases in per_run])
+        runs_ax.barh(labels, widths, left=left, color=palette[i % len(palette)], label=phase)
+        left += widths
+    runs_ax.invert_yaxis()
+    runs_ax.set_xlabel("wall time (s)")
+    runs_ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize="small", title="phase")
+    runs_ax.set_title("Wall time of each run by phase")
+    totals = {phase: sum(p.get(phase, 0.0) for _, p in per_run) for phase in names}
+    whole = sum(totals.values()) + idle
+    start = 0.0
+    for i, phase in enumerate([*names, "idle"]):
+        value = idle if phase == "idle" else totals[phase]
+        share = 100.0 * value / whole if whole else 0.0
+        colour = "lightgrey" if phase == "idle" else palette[i % len(palette)]
+        total_ax.barh(["study"], [share], left=[start], color=colour)
+        if share >= 4:
+            total_ax.text(start + share / 2, 0, f"{phase}\n{share:.0f}%", ha="center", va="center", fontsize="small")
+        start += share
+    total_ax.set_xlim(0, 100)
+    total_ax.set_xlabel("share of the study's wall time (%)")
+    return _save(fig, path)
