@@ -33,6 +33,7 @@ __all__ = [
     "ModelConfig",
     "reference_lr",
     "cosine_lr",
+    "cosine_step_lr",
     "Budget",
     "BUDGETS",
     "get_budget",
@@ -50,8 +51,9 @@ __all__ = [
 HEADS = ("avg4", "gap")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 #: "reference-step" is `reference_lr`; "constant" keeps the base learning rate;
-#: "cosine" is `cosine_lr` over the run's epochs.
-SCHEDULES = ("reference-step", "constant", "cosine")
+#: "cosine" is `cosine_lr` over the run's epochs; "cosine-steps" the same curve per
+#: training step (`cosine_step_lr`), which a run of a few epochs needs to anneal at all.
+SCHEDULES = ("reference-step", "constant", "cosine", "cosine-steps")
 # Keras dtype policies: float32, or compute in bfloat16 / float16 with float32 variables.
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -324,7 +326,9 @@ class TrainConfig:
     `reference_lr`, ReduceLROnPlateau (factor sqrt(0.1), patience 5, min_lr
     0.5e-6), and augmentation by random shifts of 10% and horizontal flips.
 
-    ``schedule="cosine"`` decays the rate per epoch by `cosine_lr` over ``epochs``.
+    ``schedule="cosine"`` decays the rate per epoch by `cosine_lr` over ``epochs``;
+    ``"cosine-steps"`` decays it at every training step by `cosine_step_lr`, reaching 0
+    at the run's last step (a plateau cut then lasts one step, so it has no effect).
     With ``augmentation`` on, these random layers run (training only), in this
     order: ``shift`` (fraction of height and width), ``rotation`` (at most that
     many degrees either way), ``zoom`` (in or out by at most that fraction),
@@ -477,6 +481,21 @@ def cosine_lr(epoch: int, epochs: int, base_lr: float = 1e-3) -> float:
             f"cosine_lr epoch must be an integer in [0, epochs={epochs}], but got epoch={epoch!r}"
         )
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def cosine_step_lr(step: int, total_steps: int, base_lr: float = 1e-3) -> float:
+    """Learning rate of the per-step cosine schedule at 0-based training ``step``.
+
+    ``base_lr * 0.5 * (1 + cos(pi * step / total_steps))``: `cosine_lr` evaluated at
+    every step instead of every epoch, so that a run of 3 epochs decays smoothly to 0
+    instead of training a third of its steps at each of 1, 0.75 and 0.25 of the rate.
+    """
+    _int("cosine_step_lr", "total_steps", total_steps)
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
+        raise ConfigError(
+            f"cosine_step_lr step must be an integer in [0, total_steps={total_steps}], but got step={step!r}"
+        )
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
 
 
 # --------------------------------------------------------------------------

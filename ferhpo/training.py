@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from ferhpo.atomic import atomic_path
-from ferhpo.config import ModelConfig, TrainConfig, cosine_lr, reference_lr
+from ferhpo.config import ModelConfig, TrainConfig, cosine_lr, cosine_step_lr, reference_lr
 from ferhpo.data import CLASSES, FER2013, Splits
 from ferhpo.errors import TrainingError
 from ferhpo.models import build_model
@@ -173,6 +173,26 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(momentum=0.9, nesterov=True, **kwargs)
 
 
+class _CosineSteps(keras.callbacks.Callback):
+    """Sets the rate before every training step: `cosine_step_lr` over all the run's steps."""
+
+    def __init__(self, base_lr: float):
+        super().__init__()
+        self.base_lr = base_lr
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._set(epoch * self.params["steps"])
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._set(self._epoch * self.params["steps"] + batch)
+
+    def _set(self, step: int) -> None:
+        total = self.params["steps"] * self.params["epochs"]
+        self.model.optimizer.learning_rate = cosine_step_lr(min(step, total), total, self.base_lr)
+
+
 def schedule_callbacks(train: TrainConfig) -> list[keras.callbacks.Callback]:
     """The reference recipe's learning-rate callbacks, in the reference's order.
 
@@ -187,6 +207,8 @@ def schedule_callbacks(train: TrainConfig) -> list[keras.callbacks.Callback]:
         callbacks.append(
             keras.callbacks.LearningRateScheduler(lambda epoch: cosine_lr(epoch, train.epochs, train.learning_rate))
         )
+    elif train.schedule == "cosine-steps":
+        callbacks.append(_CosineSteps(train.learning_rate))
     if train.plateau:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(

@@ -165,6 +165,32 @@ def test_new_recipe_options_are_validated(field, value, message):
         TrainConfig(**{field: value})
 
 
+def test_cosine_steps_anneals_every_step_to_zero(tiny):
+    """cosine-steps sets the rate before each training step: the cosine over all steps of
+    the run, from the base rate down towards 0 at the last one."""
+    from ferhpo.config import cosine_step_lr
+
+    assert cosine_step_lr(0, 10, 0.1) == pytest.approx(0.1) and cosine_step_lr(10, 10, 0.1) == pytest.approx(0.0)
+    assert cosine_step_lr(5, 10, 0.1) == pytest.approx(0.05)
+    with pytest.raises(ConfigError, match=r"cosine_step_lr step must be an integer in \[0, total_steps=10\]"):
+        cosine_step_lr(11, 10)
+    data, splits = tiny
+
+    class Rates(keras.callbacks.Callback):
+        seen: list[float] = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.seen = [*self.seen, float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))]
+
+    rates = Rates()
+    train = dataclasses.replace(TINY_TRAIN, schedule="cosine-steps", learning_rate=0.01, batch_size=4)
+    result = fit(TINY_RESNET, train, data, splits, callbacks=[rates], evaluate_test=False)
+    steps = len(rates.seen)
+    assert steps == 2 * -(-len(splits.train) // 4)
+    assert rates.seen == pytest.approx([cosine_step_lr(k, steps, 0.01) for k in range(steps)])
+    assert result.history["lr"] == pytest.approx([0.01, cosine_step_lr(steps // 2, steps, 0.01)])
+
+
 def test_cosine_lr():
     assert cosine_lr(0, 10, 0.1) == pytest.approx(0.1)
     assert cosine_lr(5, 10, 0.1) == pytest.approx(0.05)
