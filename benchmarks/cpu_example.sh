@@ -33,7 +33,7 @@ echo "== started $(date -u +%FT%TZ) on $(nproc) cores; ferhpo $(python -c 'impor
 step reference ferhpo baseline --space resnet-cpu --budget cpu --protocol holdout \
     --study cpu-example-reference --storage "$STORAGE" --data "$DATA"
 step search ferhpo search --space resnet-cpu --budget cpu --sampler random --pruner hyperband \
-    --trials "$TRIALS" --workers 2 --timeout 4500 --study cpu-example --storage "$STORAGE" --data "$DATA"
+    --trials "$TRIALS" --workers 2 --timeout 4200 --study cpu-example --storage "$STORAGE" --data "$DATA"
 step report ferhpo report --study cpu-example --baseline-study cpu-example-reference \
     --storage "$STORAGE" --out reports/cpu-example
 echo "== the whole example took $(( $(date +%s) - begin )) s" | tee -a "$LOG"
