@@ -7,9 +7,9 @@
 #
 # Everything runs at the `cpu` budget (every image of the holdout protocol, 3 epochs) and
 # lands in its own storage, studies/cpu-example.db; the report goes to
-# reports/cpu-example/ (replaced whole), with this run's log as example.log. Rerunning
-# continues where it stopped: finished runs are not trained again.
-# About 70 minutes on two CPU cores (measured: see reports/cpu-example/example.log).
+# reports/cpu-example/ (replaced whole), and this run's log with the time of each step
+# to benchmarks/cpu_example.log. Rerunning continues where it stopped: finished runs
+# are not trained again (delete studies/cpu-example* to start over).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/fer2013}
@@ -37,4 +37,4 @@ step search ferhpo search --space resnet-cpu --budget cpu --sampler random --pru
 step report ferhpo report --study cpu-example --baseline-study cpu-example-reference \
     --storage "$STORAGE" --out reports/cpu-example
 echo "== the whole example took $(( $(date +%s) - begin )) s" | tee -a "$LOG"
-cp "$LOG" reports/cpu-example/example.log
+cp "$LOG" benchmarks/cpu_example.log
