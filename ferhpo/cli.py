@@ -823,6 +823,29 @@ def _report_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", help="one study: counts, running trials (epoch, last value, heartbeat), best, time left "
+                   "(default: every study in the storage)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _status_run(args: argparse.Namespace) -> int:
+    from ferhpo import status, store
+
+    _quiet_optuna()
+    if args.study:
+        result = status.study_status(args.study, args.storage)
+        print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(status.render(result)))
+        return 0
+    studies = status.all_studies(args.storage)
+    if args.json:
+        print(json.dumps([s.to_dict() for s in studies], indent=2))
+    else:
+        print("\n".join(status.render_all(studies, store.storage_url(args.storage))))
+    return 0
+
+
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", metavar="NAME", help="presets to time (default: all five)")
     p.add_argument("--presets", metavar="FILE", help="preset table to read (default: search_spaces/baseline.toml)")
@@ -949,6 +972,7 @@ COMMANDS = (
     Command("baseline", "reproduce the five reference configurations", _baseline_arguments, _baseline_run),
     Command("search", "search DenseNet/ResNet architectures and training recipes", _search_arguments, _search_run),
     Command("report", "rank a study's trials against the baselines", _report_arguments, _report_run),
+    Command("status", "show studies in a storage: counts, running trials, best, time left", _status_arguments, _status_run),
     Command("bench", "measure training and inference throughput", _bench_arguments, _bench_run),
 )
 

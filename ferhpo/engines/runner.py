@@ -23,6 +23,7 @@ from ferhpo.atomic import write_json
 from ferhpo.engines import SETTINGS_ATTR, SearchSettings, check_resume, study_dir
 from ferhpo.engines.optuna_engine import _die_with_parent, counts
 from ferhpo.errors import FerhpoError, WorkerError
+from ferhpo.progress import WANTED_ATTR
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def prepare_study(settings: SearchSettings):
     if saved is None:
         study.set_user_attr(SETTINGS_ATTR, settings.binding())
         study.set_user_attr("ferhpo.search_command", {"sampler": settings.sampler, "pruner": settings.pruner})
+    if study.user_attrs.get(WANTED_ATTR) != settings.trials:  # for `ferhpo status` and its estimate
+        study.set_user_attr(WANTED_ATTR, settings.trials)
     return study
 
 
