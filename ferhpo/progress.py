@@ -45,6 +45,7 @@ class RunProgress:
     value: float | None = None  # the latest validation objective
     epoch_seconds: list[float] = field(default_factory=list)  # the latest KEPT_EPOCHS, oldest first
     epoch_started: float | None = None  # time.time() when the current epoch began
+    first_batch_done: float | None = None  # time.time() when its first batch (graph tracing) ended
     started: float | None = None  # time.time() when training began
     updated: float | None = None
     accelerator: bool | None = None  # whether the backend found a GPU/TPU
@@ -56,8 +57,10 @@ class RunProgress:
         self.started = now if self.started is None else self.started
         self.epoch_started, self.batch = now, 0
 
-    def end_batch(self, batch: int, batches: int | None) -> None:
+    def end_batch(self, batch: int, batches: int | None, now: float | None = None) -> None:
         self.batch, self.batches = batch, batches
+        if batch == 1:
+            self.first_batch_done = time.time() if now is None else now
 
     def end_epoch(self, value: float | None, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -65,7 +68,7 @@ class RunProgress:
             self.epoch_seconds = [*self.epoch_seconds, now - self.epoch_started][-KEPT_EPOCHS:]
         self.epoch += 1
         self.value = value
-        self.batch, self.epoch_started = 0, None
+        self.batch, self.epoch_started, self.first_batch_done = 0, None, None
 
     # ------------------------------------------------------------------ estimates
 
@@ -81,6 +84,8 @@ class RunProgress:
         fraction = self._batch_fraction()
         if fraction and self.epoch_started is not None:
             now = time.time() if now is None else now
+            if self.first_batch_done is not None and self.batch > 1 and self.batches:
+                return max(0.0, now - self.first_batch_done) / (self.batch - 1) * self.batches
             return max(0.0, now - self.epoch_started) / fraction
         return None
 
@@ -109,6 +114,7 @@ class RunProgress:
             "value": self.value,
             "epoch_seconds": [round(s, 3) for s in self.epoch_seconds],
             "epoch_started": self.epoch_started,
+            "first_batch_done": self.first_batch_done,
             "started": self.started,
             "updated": self.updated,
             "accelerator": self.accelerator,

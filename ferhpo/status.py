@@ -40,6 +40,7 @@ class RunningTrial:
     heartbeat_age: float | None  # seconds since its worker's last heartbeat (None: none recorded)
     stale: bool  # no heartbeat for the grace period: its worker is gone; the trial will be retried
     seconds_left: float | None
+    seconds_per_epoch: float | None = None
     accelerator: bool | None = None
 
 
@@ -161,6 +162,7 @@ def snapshot(study, *, wanted: int | None = None, now: float | None = None) -> S
                 heartbeat_age=age,
                 stale=age is not None and age > grace,
                 seconds_left=p.seconds_left(now) if p else None,
+                seconds_per_epoch=p.seconds_per_epoch(now) if p else None,
                 accelerator=p.accelerator if p else None,
             )
         )

@@ -54,6 +54,12 @@ def test_inside_the_first_epoch_the_rate_of_its_batches_estimates_it():
     p.end_batch(25, 100)
     assert p.seconds_per_epoch(now=T0 + 30) == pytest.approx(120.0)
     assert p.seconds_left(now=T0 + 30) == pytest.approx(4.75 * 120.0)
+    # a first batch that traced the graphs for 20 s does not count towards the rate
+    p = RunProgress(epochs=5)
+    p.begin_epoch(now=T0)
+    p.end_batch(1, 100, now=T0 + 20)
+    p.end_batch(11, 100, now=T0 + 30)
+    assert p.seconds_per_epoch(now=T0 + 30) == pytest.approx(100.0)
     assert RunProgress(epochs=5).seconds_left() is None  # nothing measured: no guess
 
 
