@@ -250,6 +250,12 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default="baseline", help="study name (default: baseline)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
     p.add_argument("--force", action="store_true", help="retrain configs already finished at the same budget")
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write each run's curves for TensorBoard into DIR/<run and key hyperparameters>/ "
+        "(then: tensorboard --logdir DIR)",
+    )
     p.add_argument("--list", action="store_true", help="list the presets (with parameter counts of the built models) and exit")
     p.add_argument("--json", action="store_true", help="print JSON on stdout (progress still goes to stderr)")
 
@@ -363,6 +369,11 @@ def _baseline_run(args: argparse.Namespace) -> int:
     # later runs of the same command share.
     phases = PhaseClock()
     presets = _select_runs(args)
+    tensorboard = None
+    if args.tensorboard is not None:
+        from ferhpo.tensorboard_logs import check_folder
+
+        tensorboard = check_folder(args.tensorboard)  # before any work
     budget = get_budget(args.budget, epochs=args.epochs, train_limit=args.train_limit)
     with phases.phase("data"):
         data = _load(args)
@@ -398,7 +409,7 @@ def _baseline_run(args: argparse.Namespace) -> int:
                 data=data,
                 protocol=protocol,
                 budget=budget,
-                callbacks=[progress.callback(preset.name, train.epochs)],
+                callbacks=[progress.callback(preset.name, train.epochs), *_tensorboard(tensorboard, preset.name, budget)],
                 reported_test_accuracy=preset.reported_test_accuracy,
                 phases=phases,
             )
@@ -418,6 +429,15 @@ def _baseline_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
+
+
+def _tensorboard(folder: str | None, name: str, budget) -> list:
+    """A baseline run's TensorBoard callback (none without --tensorboard)."""
+    if folder is None:
+        return []
+    from ferhpo.tensorboard_logs import callback
+
+    return [callback(folder, f"{name}-{budget.name}")]
 
 
 def _run_summary(record, *, skipped: bool) -> dict:
@@ -644,6 +664,12 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         help="cap each trial process's memory (address space) on CPU machines: a model that does not fit fails "
         "as its trial, out of memory, and the study goes on (default: no cap; not for GPU backends)",
     )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write each run's curves for TensorBoard into DIR/<run and key hyperparameters>/ "
+        "(then: tensorboard --logdir DIR)",
+    )
 
 
 def _positive_float(text: str) -> float:
@@ -693,6 +719,11 @@ def _search_run(args: argparse.Namespace) -> int:
 
     objectives = parse_objectives(args.objective)
     sampler, pruner = _resolve_engine_options(args, objectives)
+    tensorboard = None
+    if args.tensorboard is not None:
+        from ferhpo.tensorboard_logs import check_folder
+
+        tensorboard = check_folder(args.tensorboard)  # before any work
     space = load_space(args.space)
     if sampler == "grid":
         from ferhpo.engines.optuna_engine import grid_of
@@ -731,6 +762,7 @@ def _search_run(args: argparse.Namespace) -> int:
         study_dir=str(store.STUDIES_DIR),
         trial_memory_gb=args.trial_memory,
         precision=args.precision,
+        tensorboard=tensorboard,
     )
     _quiet_optuna()
     from ferhpo.engines.runner import prepare_study

@@ -311,6 +311,7 @@ def trial_spec(s: SearchSettings, *, name: str, folder: Path, model, train: Trai
         "multi_objective": s.multi_objective,
         "hyperparameters": values,
         "data": s.data,
+        "tensorboard": s.tensorboard,
         "search": {
             "engine": s.engine,
             "sampler": s.sampler,

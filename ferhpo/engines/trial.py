@@ -229,6 +229,11 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
         splits = runs.budget_splits(data, spec["protocol"], budget, train.seed)
         x_val = data.images[splits.val][..., None]
     callback = _objective_callback(spec, study, trial_id, x_val, data.labels[splits.val])
+    extra = []
+    if spec.get("tensorboard"):
+        from ferhpo.tensorboard_logs import callback as tensorboard
+
+        extra.append(tensorboard(spec["tensorboard"], spec["name"], spec["hyperparameters"]))
     record = runs.train_run(
         study_name=spec["study"],
         name=spec["name"],
@@ -239,7 +244,7 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
         protocol=spec["protocol"],
         budget=budget,
         folder=Path(spec["folder"]),
-        callbacks=[callback],
+        callbacks=[callback, *extra],  # the objective first: TensorBoard sees val_macro_f1 too
         evaluate_test=lambda: not callback.pruned,
         status=lambda: "pruned" if callback.pruned else "complete",
         hyperparameters=spec["hyperparameters"],
