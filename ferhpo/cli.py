@@ -570,7 +570,7 @@ class _Progress:
                 if not owner.estimated and run.seconds_per_epoch() is not None:
                     owner.estimated = True
                     for line in _estimate_lines(
-                        name, run.seconds_per_epoch(), epochs, owner.runs, 1, _has_accelerator(), what="runs",
+                        name, run.seconds_per_epoch(), epochs, owner.runs, 1, _has_accelerator(), what="run(s)",
                         total_epochs=owner.total_epochs,
                     ):
                         owner.note(line)
@@ -889,7 +889,7 @@ class _LiveLine:
         self.estimated = True
         r = timed[0]
         return _estimate_lines(
-            f"trial {r.number}", r.seconds_per_epoch, r.epochs, p.wanted, self.workers, r.accelerator, what="trials"
+            f"trial {r.number}", r.seconds_per_epoch, r.epochs, p.wanted, self.workers, r.accelerator, what="trial(s)"
         )
 
     def close(self) -> None:
@@ -908,7 +908,7 @@ def _estimate_lines(name: str, per_epoch: float, epochs: int, runs: int, workers
     lines = [
         f"estimate (measured on {name}): ~{clock(per_epoch)} an epoch, ~{clock(one)} for its {epochs} epoch(s); "
         f"{runs} {what}{f' on {workers} workers' if workers > 1 else ''}: up to ~{clock(total)}"
-        + (" (pruned trials end sooner)" if what == "trials" else "")
+        + (" (pruned trials end sooner)" if what == "trial(s)" else "")
     ]
     if total > DAY and accelerator is False:
         lines.append(

@@ -34,7 +34,7 @@ def test_live_line_shows_each_running_trial(progress):
     lines = out.getvalue().splitlines()
     estimate = [line for line in lines if line.startswith("estimate")]
     assert estimate == [
-        "estimate (measured on trial 1): ~0:01:00 an epoch, ~0:05:00 for its 5 epoch(s); 4 trials: up to ~0:20:00 "
+        "estimate (measured on trial 1): ~0:01:00 an epoch, ~0:05:00 for its 5 epoch(s); 4 trial(s): up to ~0:20:00 "
         "(pruned trials end sooner)"
     ]
     study = next(line for line in lines if line.startswith("trials "))
@@ -69,7 +69,7 @@ def test_a_day_without_an_accelerator_names_the_cpu_budget():
     out = io.StringIO()
     _LiveLine("val_accuracy", out=out, interactive=False).update(Progress(s.counts, 2, None, 100.0, s))
     text = out.getvalue()
-    assert "~0:24:00 an epoch, ~3d 8:00:00 for its 200 epoch(s); 2 trials: up to ~6d 16:00:00" in text
+    assert "~0:24:00 an epoch, ~3d 8:00:00 for its 200 epoch(s); 2 trial(s): up to ~6d 16:00:00" in text
     assert "more than a day" in text and "--budget cpu" in text
     # with a GPU, the same numbers carry no warning
-    assert len(_estimate_lines("x", 24 * 60.0, 200, 2, 1, True, what="trials")) == 1
+    assert len(_estimate_lines("x", 24 * 60.0, 200, 2, 1, True, what="trial(s)")) == 1
