@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Callable
@@ -249,6 +250,12 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default="baseline", help="study name (default: baseline)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
     p.add_argument("--force", action="store_true", help="retrain configs already finished at the same budget")
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write each run's curves for TensorBoard into DIR/<run and key hyperparameters>/ "
+        "(then: tensorboard --logdir DIR)",
+    )
     p.add_argument("--list", action="store_true", help="list the presets (with parameter counts of the built models) and exit")
     p.add_argument("--json", action="store_true", help="print JSON on stdout (progress still goes to stderr)")
 
@@ -362,6 +369,11 @@ def _baseline_run(args: argparse.Namespace) -> int:
     # later runs of the same command share.
     phases = PhaseClock()
     presets = _select_runs(args)
+    tensorboard = None
+    if args.tensorboard is not None:
+        from ferhpo.tensorboard_logs import check_folder
+
+        tensorboard = check_folder(args.tensorboard)  # before any work
     budget = get_budget(args.budget, epochs=args.epochs, train_limit=args.train_limit)
     with phases.phase("data"):
         data = _load(args)
@@ -397,7 +409,7 @@ def _baseline_run(args: argparse.Namespace) -> int:
                 data=data,
                 protocol=protocol,
                 budget=budget,
-                callbacks=[progress.callback(preset.name, train.epochs)],
+                callbacks=[progress.callback(preset.name, train.epochs), *_tensorboard(tensorboard, preset.name, budget)],
                 reported_test_accuracy=preset.reported_test_accuracy,
                 phases=phases,
             )
@@ -417,6 +429,15 @@ def _baseline_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
+
+
+def _tensorboard(folder: str | None, name: str, budget) -> list:
+    """A baseline run's TensorBoard callback (none without --tensorboard)."""
+    if folder is None:
+        return []
+    from ferhpo.tensorboard_logs import callback
+
+    return [callback(folder, f"{name}-{budget.name}")]
 
 
 def _run_summary(record, *, skipped: bool) -> dict:
@@ -461,17 +482,26 @@ def _summary_line(record) -> str:
 
 
 class _Progress:
-    """Two progress bars on stderr: all epochs of the command, and steps of this epoch.
+    """Progress of `ferhpo baseline` on stderr: all epochs of the command, and this epoch.
 
-    When stderr is not a terminal (CI, logs), one line per epoch instead.
+    On a terminal, two bars (tqdm); otherwise one line per epoch with its measured time,
+    the run's and the command's time left, and within a long epoch a line at most every
+    `progress.UPDATE_SECONDS`. Once the first run has timed some batches, one line
+    estimates the run and the command on this machine.
     """
 
-    def __init__(self, total_epochs: int, runs: int, out=sys.stdout):
+    #: Batches after the first (which traces the graphs) timed before the estimate is given.
+    ESTIMATE_BATCHES = 10
+
+    def __init__(self, total_epochs: int, runs: int, out=sys.stdout, err=None):
         from tqdm import tqdm
 
         self.out = out  # where summary lines go: stdout, or stderr when stdout carries JSON
-        self.interactive = sys.stderr.isatty()
+        self.err = err if err is not None else sys.stderr
+        self.interactive = self.err.isatty()
         self.runs, self.index = runs, 0
+        self.total_epochs, self.done_epochs = total_epochs, 0
+        self.estimated = False
         self.overall = tqdm(total=total_epochs, desc="all runs", unit="epoch", position=0, disable=not self.interactive)
 
     def write(self, line: str) -> None:
@@ -480,20 +510,41 @@ class _Progress:
         else:
             print(line, file=self.out, flush=True)
 
+    def note(self, line: str) -> None:
+        if self.interactive:
+            self.overall.write(line, file=self.err)
+        else:
+            print(line, file=self.err, flush=True)
+
     def close(self) -> None:
         self.overall.close()
+
+    def left(self, run) -> tuple[float | None, float | None]:
+        """Seconds left in this run and in the whole command (the other runs at this run's rate)."""
+        per_epoch = run.seconds_per_epoch()
+        if per_epoch is None:
+            return None, None
+        inside = run.batch / run.batches if run.batches and run.batch else 0.0
+        return run.seconds_left(), max(0.0, self.total_epochs - self.done_epochs - inside) * per_epoch
 
     def callback(self, name: str, epochs: int):
         import keras
         from tqdm import tqdm
 
+        from ferhpo.engines.trial import _has_accelerator
+        from ferhpo.progress import UPDATE_SECONDS, RunProgress, clock
+
         self.index += 1
         owner, label = self, f"[{self.index}/{self.runs}] {name}"
+        run = RunProgress(epochs=epochs)
 
         class Callback(keras.callbacks.Callback):
             bar = None
+            printed = 0.0
 
             def on_epoch_begin(self, epoch, logs=None):
+                run.begin_epoch()
+                self.printed = time.time()
                 if owner.interactive:
                     self.bar = tqdm(
                         total=self.params.get("steps"), desc=f"{label} epoch {epoch + 1}/{epochs}",
@@ -501,11 +552,34 @@ class _Progress:
                     )
 
             def on_train_batch_end(self, batch, logs=None):
+                run.end_batch(batch + 1, self.params.get("steps"))
                 if self.bar is not None:
                     self.bar.update(1)
+                if run.epoch == 0 and batch >= owner.ESTIMATE_BATCHES:
+                    self.estimate()
+                if not owner.interactive and time.time() - self.printed >= UPDATE_SECONDS:
+                    self.printed = time.time()
+                    this, everything = owner.left(run)
+                    print(
+                        f"{label} epoch {run.epoch + 1}/{epochs}: batch {run.batch}/{run.batches}, "
+                        f"left ~{clock(this)} (all runs ~{clock(everything)})",
+                        file=owner.err, flush=True,
+                    )
+
+            def estimate(self):
+                if not owner.estimated and run.seconds_per_epoch() is not None:
+                    owner.estimated = True
+                    for line in _estimate_lines(
+                        name, run.seconds_per_epoch(), epochs, owner.runs, 1, _has_accelerator(), what="run(s)",
+                        total_epochs=owner.total_epochs,
+                    ):
+                        owner.note(line)
 
             def on_epoch_end(self, epoch, logs=None):
                 logs = logs or {}
+                run.end_epoch(logs.get("val_accuracy"))
+                self.estimate()  # epochs of fewer batches than ESTIMATE_BATCHES: from the whole epoch
+                owner.done_epochs += 1
                 if self.bar is not None:
                     self.bar.close()
                     self.bar = None
@@ -514,7 +588,12 @@ class _Progress:
                     metrics = "  ".join(
                         f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs
                     )
-                    print(f"{label} epoch {epoch + 1}/{epochs}  {metrics}", file=sys.stderr, flush=True)
+                    this, everything = owner.left(run)
+                    print(
+                        f"{label} epoch {epoch + 1}/{epochs}  {metrics}  {run.epoch_seconds[-1]:.1f} s, "
+                        f"left ~{clock(this)} (all runs ~{clock(everything)})",
+                        file=owner.err, flush=True,
+                    )
 
         return Callback()
 
@@ -585,6 +664,12 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         help="cap each trial process's memory (address space) on CPU machines: a model that does not fit fails "
         "as its trial, out of memory, and the study goes on (default: no cap; not for GPU backends)",
     )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write each run's curves for TensorBoard into DIR/<run and key hyperparameters>/ "
+        "(then: tensorboard --logdir DIR)",
+    )
 
 
 def _positive_float(text: str) -> float:
@@ -634,6 +719,11 @@ def _search_run(args: argparse.Namespace) -> int:
 
     objectives = parse_objectives(args.objective)
     sampler, pruner = _resolve_engine_options(args, objectives)
+    tensorboard = None
+    if args.tensorboard is not None:
+        from ferhpo.tensorboard_logs import check_folder
+
+        tensorboard = check_folder(args.tensorboard)  # before any work
     space = load_space(args.space)
     if sampler == "grid":
         from ferhpo.engines.optuna_engine import grid_of
@@ -672,12 +762,13 @@ def _search_run(args: argparse.Namespace) -> int:
         study_dir=str(store.STUDIES_DIR),
         trial_memory_gb=args.trial_memory,
         precision=args.precision,
+        tensorboard=tensorboard,
     )
     _quiet_optuna()
     from ferhpo.engines.runner import prepare_study
 
     study = prepare_study(settings)  # a bad storage or a clashing study fails here, before any output
-    live = _LiveLine(objectives[0])
+    live = _LiveLine(objectives[0], args.workers)
     what = "Hyperband tuner" if sampler == "hyperband" and args.engine == "keras-tuner" else f"sampler {sampler}, pruner {pruner}"
     print(
         f"search: study '{study_name}' in {storage}; space {space.name} ({len(space.params)} parameters); "
@@ -711,34 +802,121 @@ def _search_run(args: argparse.Namespace) -> int:
 
 
 def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    from ferhpo.progress import clock
+
+    return clock(seconds)
 
 
 class _LiveLine:
-    """The live progress line: redrawn in place on a terminal, one line per change otherwise."""
+    """The live progress: the study's line, then one line per running trial (its epoch,
+    batch, latest value, elapsed time and time left from its own epoch times).
 
-    def __init__(self, objective: str):
+    On a terminal the block is redrawn in place every second; otherwise it is printed
+    when a trial starts, ends or finishes an epoch, and within a long epoch at most every
+    `progress.UPDATE_SECONDS`. Once the first trial has timed some batches, one line
+    estimates a trial and the whole search on this machine (`_estimate_lines`).
+    """
+
+    def __init__(self, objective: str, workers: int = 1, out=None, interactive: bool | None = None):
         self.objective = objective
-        self.interactive = sys.stdout.isatty()
-        self.width = 0
+        self.workers = workers
+        self.out = out if out is not None else sys.stdout
+        self.interactive = self.out.isatty() if interactive is None else interactive
+        self.drawn = 0  # lines of the block on screen (terminal)
+        self.last_key = None
+        self.last_print = 0.0
+        self.estimated = False
 
-    def update(self, p) -> None:
+    def lines(self, p) -> list[str]:
+        from ferhpo.progress import bar, clock
+
         c = p.counts
         best = f"{p.best:.4f}" if p.best is not None else "-"
         line = (
             f"trials {c['done']}/{p.wanted} (complete {c['complete']}, pruned {c['pruned']}, failed {c['failed']}), "
-            f"running {c['running']}, best {self.objective} {best}, elapsed {_clock(p.elapsed)}"
+            f"running {c['running']}, best {self.objective} {best}, elapsed {clock(p.elapsed)}"
         )
+        status = p.status
+        if status is None:
+            return [line]
+        if status.seconds_left is not None and c["done"] < p.wanted:
+            line += f", left ~{clock(status.seconds_left)}"
+        out = [line]
+        for r in status.running:
+            if r.epoch is None:
+                where = "starting (process, data, model)"
+            else:
+                where = f"epoch {r.epoch}/{r.epochs}"
+                if r.batches and r.batch:
+                    inside = f"{bar(r.batch / r.batches)} " if self.interactive else ""
+                    where += f", epoch {r.epoch + 1}: {inside}batch {r.batch}/{r.batches}"
+            value = f"{r.value:.4f}" if r.value is not None else "-"
+            left = f", left ~{clock(r.seconds_left)}" if r.seconds_left is not None else ""
+            stale = ", STALE: no heartbeat, its worker is gone" if r.stale else ""
+            out.append(f"  trial {r.number}: {where}, {self.objective} {value}, elapsed {clock(r.elapsed)}{left}{stale}")
+        return out
+
+    def update(self, p) -> None:
+        import time as _time
+
+        notes = self._estimate(p)
+        block = self.lines(p)
+        running = () if p.status is None else tuple((r.number, r.epoch, r.stale) for r in p.status.running)
+        key = (tuple(sorted(p.counts.items())), running)
+        now = _time.monotonic()
         if self.interactive:
-            print("\r" + line.ljust(self.width), end="", flush=True)
-            self.width = len(line)
-        else:
-            print(line, flush=True)
+            import shutil
+
+            width = shutil.get_terminal_size((120, 24)).columns - 1
+            erase = f"\x1b[{self.drawn}F\x1b[J" if self.drawn else ""
+            text = "\n".join([*notes, *(line[:width] for line in block)])
+            print(erase + text, file=self.out, flush=True)
+            self.drawn = len(block)
+            return
+        from ferhpo.progress import UPDATE_SECONDS
+
+        if notes or key != self.last_key or (running and now - self.last_print >= UPDATE_SECONDS):
+            print("\n".join([*notes, *block]), file=self.out, flush=True)
+            self.last_key, self.last_print = key, now
+
+    def _estimate(self, p) -> list[str]:
+        """Once: how long a trial and the search take here, from the first timed batches."""
+        if self.estimated or p.status is None:
+            return []
+        timed = [r for r in p.status.running if r.seconds_per_epoch is not None and r.epochs]
+        if not timed:
+            return []
+        self.estimated = True
+        r = timed[0]
+        return _estimate_lines(
+            f"trial {r.number}", r.seconds_per_epoch, r.epochs, p.wanted, self.workers, r.accelerator, what="trial(s)"
+        )
 
     def close(self) -> None:
-        if self.interactive and self.width:
-            print()
+        self.drawn = 0
+
+
+def _estimate_lines(name: str, per_epoch: float, epochs: int, runs: int, workers: int, accelerator, *, what: str,
+                    total_epochs: int | None = None) -> list[str]:
+    """The up-front estimate, from measured time: one run of `epochs` epochs, and `runs`
+    runs (`total_epochs` in all, default runs x epochs) shared by `workers`; past a day
+    without an accelerator, it says so and names the budget that fits."""
+    from ferhpo.progress import DAY, clock
+
+    one = per_epoch * epochs
+    total = per_epoch * (total_epochs if total_epochs is not None else epochs * runs) / max(1, workers)
+    lines = [
+        f"estimate (measured on {name}): ~{clock(per_epoch)} an epoch, ~{clock(one)} for its {epochs} epoch(s); "
+        f"{runs} {what}{f' on {workers} workers' if workers > 1 else ''}: up to ~{clock(total)}"
+        + (" (pruned trials end sooner)" if what == "trial(s)" else "")
+    ]
+    if total > DAY and accelerator is False:
+        lines.append(
+            f"note: that is more than a day, and Keras found no GPU or TPU here; on a CPU, --budget cpu with the "
+            f"*-cpu spaces (search_spaces/resnet-cpu.toml, densenet-cpu.toml) fits (minutes an epoch); "
+            f"going on as asked"
+        )
+    return lines
 
 
 def _print_top(study, settings) -> None:
@@ -820,6 +998,29 @@ def _report_run(args: argparse.Namespace) -> int:
         print(f"figure {figure} not drawn: {why}")
     note = " (a snapshot: trials are still running)" if result.snapshot else ""
     print(f"report written to {result.out}/ ({len(result.files)} files){note}")
+    return 0
+
+
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", help="one study: counts, running trials (epoch, last value, heartbeat), best, time left "
+                   "(default: every study in the storage)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _status_run(args: argparse.Namespace) -> int:
+    from ferhpo import status, store
+
+    _quiet_optuna()
+    if args.study:
+        result = status.study_status(args.study, args.storage)
+        print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(status.render(result)))
+        return 0
+    studies = status.all_studies(args.storage)
+    if args.json:
+        print(json.dumps([s.to_dict() for s in studies], indent=2))
+    else:
+        print("\n".join(status.render_all(studies, store.storage_url(args.storage))))
     return 0
 
 
@@ -949,6 +1150,7 @@ COMMANDS = (
     Command("baseline", "reproduce the five reference configurations", _baseline_arguments, _baseline_run),
     Command("search", "search DenseNet/ResNet architectures and training recipes", _search_arguments, _search_run),
     Command("report", "rank a study's trials against the baselines", _report_arguments, _report_run),
+    Command("status", "show studies in a storage: counts, running trials, best, time left", _status_arguments, _status_run),
     Command("bench", "measure training and inference throughput", _bench_arguments, _bench_run),
 )
 

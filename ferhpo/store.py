@@ -286,6 +286,22 @@ def counted(trial) -> bool:
     return state == optuna.trial.TrialState.FAIL and bool(trial.user_attrs.get(ERROR_ATTR))
 
 
+def counts(study) -> dict[str, int]:
+    """Counted trials by outcome, and those running or waiting (re-queued)."""
+    import optuna
+
+    out = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
+    for t in study.get_trials(deepcopy=False):
+        if counted(t):
+            out[{"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name]] += 1
+        elif t.state == optuna.trial.TrialState.RUNNING:
+            out["running"] += 1
+        elif t.state == optuna.trial.TrialState.WAITING:
+            out["waiting"] += 1
+    out["done"] = out["complete"] + out["pruned"] + out["failed"]
+    return out
+
+
 def failures(study) -> list[dict[str, Any]]:
     """Trials that failed by themselves: number, reason and hyperparameters."""
     out = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -190,6 +191,9 @@ def test_text_output_has_one_summary_line_per_run(workdir):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tiny-densenet: smoke budget, 1 epoch(s), best val ")
     assert "epoch 1/1" in result.stderr  # per-epoch progress (not a terminal: one line per epoch)
+    # with the epoch's measured time, the time left, and once, the estimate from that time
+    assert re.search(r"epoch 1/1 .* s, left ~0:00:00 \(all runs ~0:00:00\)", result.stderr), result.stderr
+    assert result.stderr.count("estimate (measured on tiny-densenet): ") == 1
 
 
 def test_ctrl_c_keeps_finished_runs_and_discards_the_partial_one(workdir):

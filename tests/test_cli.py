@@ -50,7 +50,7 @@ def test_version():
 
 
 def test_every_command_is_in_the_table():
-    assert [c.name for c in COMMANDS] == ["data", "baseline", "search", "report", "bench"]
+    assert [c.name for c in COMMANDS] == ["data", "baseline", "search", "report", "status", "bench"]
 
 
 # --------------------------------------------------------------------------- data summary

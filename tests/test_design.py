@@ -22,6 +22,10 @@ ALLOWED = {
     "atomic.py": {"ferhpo.faults"},
     "faults.py": set(),
     "phases.py": set(),
+    "progress.py": set(),
+    "tensorboard_logs.py": {"keras", "ferhpo.errors"},
+    # status reads the storage only, like the report: never keras
+    "status.py": {"optuna", "sqlalchemy", "ferhpo.store", "ferhpo.errors", "ferhpo.engines", "ferhpo.progress"},
     "config.py": {"ferhpo.errors"},
     "data.py": {"numpy", "PIL", "platformdirs", "ferhpo.errors", "ferhpo.atomic"},
     "models": {"keras", "ferhpo.config", "ferhpo.errors", "ferhpo.models"},
@@ -45,6 +49,7 @@ ALLOWED = {
         "optuna", "keras_tuner", "numpy", "keras",
         "ferhpo.spaces", "ferhpo.training", "ferhpo.store", "ferhpo.runs", "ferhpo.config", "ferhpo.data",
         "ferhpo.errors", "ferhpo.atomic", "ferhpo.engines", "ferhpo.faults", "ferhpo.report", "ferhpo.phases",
+        "ferhpo.progress", "ferhpo.status", "ferhpo.tensorboard_logs",
     },
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -161,10 +162,15 @@ def test_keras_tuner_smoke_search_on_real_data(real_data, space, workdir):
 
 
 def test_rerun_continues_the_study_and_keeps_finished_trials(small_data, space, workdir):
-    first = search(space, small_data, "--trials", "2", "--study", "r", cwd=workdir)
+    first = search(space, small_data, "--trials", "2", "--study", "r", "--tensorboard", "tb", cwd=workdir)
     assert first.returncode == 0, first.stderr
     before = {r.run: r.run_id for r in store.records(load(workdir, "r"))}
     assert len(before) == 2
+    # the live line showed the running trial; TensorBoard got one run per trial, named by it
+    assert re.search(r"^  trial 0: (starting|epoch)", first.stdout, re.M), first.stdout
+    runs = sorted(p.name for p in (workdir / "tb").iterdir())
+    assert [r.split("_")[0] for r in runs] == ["trial-0", "trial-1"] and all("optimizer=" in r for r in runs)
+    assert all(list((workdir / "tb" / r).rglob("events.out.tfevents.*")) for r in runs)
     second = search(space, small_data, "--trials", "3", "--study", "r", cwd=workdir)
     assert second.returncode == 0, second.stderr
     after = {r.run: r.run_id for r in store.records(load(workdir, "r"))}

@@ -50,6 +50,7 @@ class SearchSettings:
     study_dir: str = "studies"
     trial_memory_gb: float | None = None  # address-space cap of each trial process (CPU)
     precision: str | None = None  # overrides the space's TrainConfig.precision when set
+    tensorboard: str | None = None  # a folder for each trial's TensorBoard curves (absolute)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self, train, *, epochs: int):

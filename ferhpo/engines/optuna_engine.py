@@ -34,6 +34,8 @@ from ferhpo.config import TrainConfig, model_config_to_dict
 from ferhpo.engines import SearchSettings
 from ferhpo.engines.trial import SPEC, run_process, trial_env
 from ferhpo.errors import ConfigError, FerhpoError
+from ferhpo.progress import PROGRESS_ATTR
+from ferhpo.store import counts
 from ferhpo.spaces import Space, load_space, suggest_optuna
 
 POLL_SECONDS = 2.0
@@ -177,20 +179,6 @@ def _alive(trial: optuna.trial.FrozenTrial) -> bool:
     return store.counted(trial) or trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
 
 
-def counts(study) -> dict[str, int]:
-    """Counted trials by outcome, and those running or waiting (re-queued)."""
-    out = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
-    for t in study.get_trials(deepcopy=False):
-        if store.counted(t):
-            out[{"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name]] += 1
-        elif t.state == optuna.trial.TrialState.RUNNING:
-            out["running"] += 1
-        elif t.state == optuna.trial.TrialState.WAITING:
-            out["waiting"] += 1
-    out["done"] = out["complete"] + out["pruned"] + out["failed"]
-    return out
-
-
 class Worker:
     """One worker process of a search: runs trials until the study has enough."""
 
@@ -250,7 +238,7 @@ class Worker:
         mine = trial.number
         # A retry of a dead worker's trial inherits that trial's user attributes
         # (Optuna copies them): what the dead attempt stored is not this attempt's.
-        for attr in (store.RECORD_ATTR, store.ERROR_ATTR, store.INTERRUPTED_ATTR, WORKER_RSS_ATTR, "run", "kind"):
+        for attr in (store.RECORD_ATTR, store.ERROR_ATTR, store.INTERRUPTED_ATTR, WORKER_RSS_ATTR, PROGRESS_ATTR, "run", "kind"):
             if trial.user_attrs.get(attr) is not None:
                 trial.set_user_attr(attr, None)
         before = [t for t in self.study.get_trials(deepcopy=False) if t.number < mine and _alive(t)]
@@ -323,6 +311,7 @@ def trial_spec(s: SearchSettings, *, name: str, folder: Path, model, train: Trai
         "multi_objective": s.multi_objective,
         "hyperparameters": values,
         "data": s.data,
+        "tensorboard": s.tensorboard,
         "search": {
             "engine": s.engine,
             "sampler": s.sampler,

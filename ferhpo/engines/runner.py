@@ -23,16 +23,20 @@ from ferhpo.atomic import write_json
 from ferhpo.engines import SETTINGS_ATTR, SearchSettings, check_resume, study_dir
 from ferhpo.engines.optuna_engine import _die_with_parent, counts
 from ferhpo.errors import FerhpoError, WorkerError
+from ferhpo.progress import WANTED_ATTR
+from ferhpo.status import StudyStatus, snapshot
 
 
 @dataclass(frozen=True)
 class Progress:
-    """A snapshot of the study for the live line."""
+    """A snapshot of the study for the live line; `status` (running trials' progress and
+    the time left) where the trials run in the storage's view (the Optuna engine)."""
 
     counts: dict[str, int]
     wanted: int
     best: float | None
     elapsed: float
+    status: StudyStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ def prepare_study(settings: SearchSettings):
     if saved is None:
         study.set_user_attr(SETTINGS_ATTR, settings.binding())
         study.set_user_attr("ferhpo.search_command", {"sampler": settings.sampler, "pruner": settings.pruner})
+    if study.user_attrs.get(WANTED_ATTR) != settings.trials:  # for `ferhpo status` and its estimate
+        study.set_user_attr(WANTED_ATTR, settings.trials)
     return study
 
 
@@ -63,6 +69,12 @@ def _best(study, settings: SearchSettings) -> float | None:
         return None
     values = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     return max(values) if values else None
+
+
+def watch(study, settings: SearchSettings, start: float) -> Progress:
+    """The study now: counts, best, and each running trial's progress from the storage."""
+    now = snapshot(study, wanted=settings.trials)
+    return Progress(now.counts, settings.trials, _best(study, settings), time.time() - start, now)
 
 
 def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress], None]) -> SearchOutcome:
@@ -89,13 +101,9 @@ def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress]
                 )
             )
     interrupted = False
-    last = None
     try:
         while any(w.poll() is None for w in workers):
-            snapshot = Progress(counts(study), settings.trials, _best(study, settings), time.time() - start)
-            if snapshot.counts != last:
-                on_progress(snapshot)
-                last = snapshot.counts
+            on_progress(watch(study, settings, start))  # the live line decides what to show
             time.sleep(1.0)
     except KeyboardInterrupt:
         interrupted = True
@@ -108,7 +116,7 @@ def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress]
                 w.wait()
     codes = [w.wait() for w in workers]
     final = counts(study)
-    on_progress(Progress(final, settings.trials, _best(study, settings), time.time() - start))
+    on_progress(watch(study, settings, start))
     if not interrupted:
         for index, (code, log_path) in enumerate(zip(codes, logs)):
             if code == 130:

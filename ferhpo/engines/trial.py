@@ -114,20 +114,32 @@ def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=N
 
 
 def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val, y_val):
-    """A Keras callback: report the objective after each epoch; stop when the pruner says so."""
+    """A Keras callback: report the objective after each epoch; stop when the pruner says so.
+
+    It also keeps the trial's progress (`ferhpo.progress.PROGRESS_ATTR`: epochs, batches,
+    measured epoch times) on the running trial, once per epoch and within a long epoch
+    at most every UPDATE_SECONDS, for the live line and `ferhpo status`.
+    """
     import keras
     import numpy as np
 
+    from ferhpo.progress import PROGRESS_ATTR, UPDATE_SECONDS, RunProgress
     from ferhpo.training import classification_metrics
 
     objective = spec["objective"]
     epochs = spec["train"]["epochs"]
     report = trial_id is not None and not spec.get("multi_objective", False)
     trial = None
-    if report:
+    if trial_id is not None:
         import optuna
 
         trial = optuna.trial.Trial(study, trial_id)
+    progress = RunProgress(epochs=epochs, accelerator=_has_accelerator())
+
+    def publish() -> None:
+        if trial is not None:
+            progress.updated = time.time()
+            trial.set_user_attr(PROGRESS_ATTR, progress.to_dict())
 
     class Objective(keras.callbacks.Callback):
         """Keeps the per-epoch objective in the logs (and so in the history)."""
@@ -135,6 +147,16 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
         pruned = False
         pruned_at = 0
         values: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            progress.begin_epoch()
+            if epoch == 0:  # training has begun (start-up, data and tracing are behind)
+                publish()
+
+        def on_train_batch_end(self, batch, logs=None):
+            progress.end_batch(batch + 1, self.params.get("steps"))
+            if trial is not None and time.time() - (progress.updated or 0.0) >= UPDATE_SECONDS:
+                publish()
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
@@ -145,7 +167,9 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
             else:
                 value = float(logs.get("val_accuracy", float("nan")))
             self.values = [*self.values, value]
-            if trial is None:
+            progress.end_epoch(value if value == value else None)
+            publish()
+            if not report:
                 return
             trial.report(value, epoch + 1)
             faults.point("trial-reported")
@@ -155,6 +179,16 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
                 self.model.stop_training = True
 
     return Objective()
+
+
+def _has_accelerator() -> bool | None:
+    """Whether Keras' backend trains on a GPU or TPU (None when it cannot say)."""
+    try:
+        import keras
+
+        return any(not d.lower().startswith("cpu") for d in keras.distribution.list_devices())
+    except Exception:
+        return None
 
 
 def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None) -> dict[str, Any]:
@@ -195,6 +229,11 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
         splits = runs.budget_splits(data, spec["protocol"], budget, train.seed)
         x_val = data.images[splits.val][..., None]
     callback = _objective_callback(spec, study, trial_id, x_val, data.labels[splits.val])
+    extra = []
+    if spec.get("tensorboard"):
+        from ferhpo.tensorboard_logs import callback as tensorboard
+
+        extra.append(tensorboard(spec["tensorboard"], spec["name"], spec["hyperparameters"]))
     record = runs.train_run(
         study_name=spec["study"],
         name=spec["name"],
@@ -205,7 +244,7 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
         protocol=spec["protocol"],
         budget=budget,
         folder=Path(spec["folder"]),
-        callbacks=[callback],
+        callbacks=[callback, *extra],  # the objective first: TensorBoard sees val_macro_f1 too
         evaluate_test=lambda: not callback.pruned,
         status=lambda: "pruned" if callback.pruned else "complete",
         hyperparameters=spec["hyperparameters"],
