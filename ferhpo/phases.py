@@ -16,19 +16,20 @@ import os
 import time
 
 #: The phases in the order a run goes through them.
-PHASES = ("startup", "data", "build", "compile", "train", "validation", "test", "write")
+PHASES = ("startup", "data", "build", "compile", "train", "validation", "storage", "test", "write")
 
 #: What each phase covers, for the README and the report.
 DESCRIPTIONS = {
     "startup": "process start and imports (Python, Keras and its backend)",
-    "data": "loading the dataset (from the cache) and making the splits",
+    "data": "loading the dataset (from the cache), making the splits and the model's input pipeline",
     "build": "building and compiling the model",
     "compile": "graph tracing / compilation: the first training, validation and prediction step",
     "train": "training steps",
     "validation": "per-epoch validation",
+    "storage": "a search trial's calls to the study's storage: each epoch's value, the pruner's decision, progress",
     "test": "final evaluation: validation and test predictions with the best weights",
     "write": "checkpoints, predictions, learning curve and record",
-    "other": "not claimed by a phase: callbacks, storage calls between epochs",
+    "other": "not claimed by a phase: Keras' and the callbacks' own work between epochs",
 }
 
 #: Environment variable through which a worker hands its trial process the spawn time.
@@ -63,6 +64,10 @@ class PhaseClock:
             yield
         finally:
             self.add(name, time.perf_counter() - begin)
+
+    def booked(self) -> float:
+        """Seconds booked to all phases so far (to leave them out of an enclosing stretch)."""
+        return sum(self.seconds.values())
 
     def mark_startup(self) -> None:
         """Everything from the start until now that no phase has claimed is start-up."""

@@ -270,6 +270,8 @@ class _Recorder(keras.callbacks.Callback):
         self._start = 0.0  # of the current stretch of timed training steps
         self._epoch_start = 0.0
         self._other_start = 0.0  # of the current validation or prediction
+        self._booked = 0.0  # phase seconds booked when the current training stretch began
+        self.fit_called: float | None = None  # when fit was called: its set-up is data time
         self._lr = 0.0
         self._training = False
         self._first_step = {"train": True, "test": True, "predict": True}
@@ -285,17 +287,24 @@ class _Recorder(keras.callbacks.Callback):
         return since
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self.fit_called is not None:  # Keras built the input pipeline since fit was called
+            self.phases.add("data", time.perf_counter() - self.fit_called)
+            self.fit_called = None
         self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self._start = self._epoch_start = time.perf_counter()
+        self._booked = self.phases.booked()
         self._training = True
 
     def on_train_batch_end(self, batch, logs=None):
         # The run's first step traces and compiles the graph: kept out of throughput.
-        self._start = self._traced("train", self._start)
+        start = self._traced("train", self._start)
+        if start != self._start:
+            self._start, self._booked = start, self.phases.booked()
 
     def _stop_clock(self):
         if self._training:
-            seconds = time.perf_counter() - self._start
+            # what other callbacks booked meanwhile (a search's progress writes) is theirs
+            seconds = time.perf_counter() - self._start - (self.phases.booked() - self._booked)
             self.train_seconds += seconds
             self.phases.add("train", seconds)
             self._training = False
@@ -428,6 +437,7 @@ def fit(
         x_train, y_train = x[splits.train], _one_hot(data.labels[splits.train])
         validation_data = (x[splits.val], _one_hot(data.labels[splits.val]))
     recorder = _Recorder(Path(checkpoint) if checkpoint else None, phases)
+    recorder.fit_called = time.perf_counter()
     all_callbacks = [_DivergenceGuard(), *schedule_callbacks(train), recorder, *callbacks]
     # Validation runs in inference mode: a larger batch than training's costs no accuracy
     # and, on a CPU, a third of the time of batch 32.

@@ -116,6 +116,7 @@ def check_record(record: store.RunRecord, *, engine: str) -> None:
     phases = record.phases
     assert sum(phases[n] for n in (*PHASES, "other")) == pytest.approx(phases["wall"], abs=0.05)
     assert phases["startup"] > 0 and phases["data"] > 0 and phases["train"] > 0 and phases["compile"] > 0
+    assert phases["storage"] > 0  # the epoch's value reported to the study
 
 
 # --------------------------------------------------------------------------- both engines, real data

@@ -113,12 +113,13 @@ def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=N
 # --------------------------------------------------------------------------- in the child
 
 
-def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val, y_val):
+def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val, y_val, phases: PhaseClock | None = None):
     """A Keras callback: report the objective after each epoch; stop when the pruner says so.
 
     It also keeps the trial's progress (`ferhpo.progress.PROGRESS_ATTR`: epochs, batches,
     measured epoch times) on the running trial, once per epoch and within a long epoch
-    at most every UPDATE_SECONDS, for the live line and `ferhpo status`.
+    at most every UPDATE_SECONDS, for the live line and `ferhpo status`. The time of
+    these storage calls is booked to the `storage` phase of `phases`.
     """
     import keras
     import numpy as np
@@ -135,11 +136,13 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
 
         trial = optuna.trial.Trial(study, trial_id)
     progress = RunProgress(epochs=epochs, accelerator=_has_accelerator())
+    phases = PhaseClock() if phases is None else phases
 
     def publish() -> None:
         if trial is not None:
             progress.updated = time.time()
-            trial.set_user_attr(PROGRESS_ATTR, progress.to_dict())
+            with phases.phase("storage"):
+                trial.set_user_attr(PROGRESS_ATTR, progress.to_dict())
 
     class Objective(keras.callbacks.Callback):
         """Keeps the per-epoch objective in the logs (and so in the history)."""
@@ -171,10 +174,12 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
             publish()
             if not report:
                 return
-            trial.report(value, epoch + 1)
-            faults.point("trial-reported")
-            # After the last epoch there is nothing left to save: the trial completes.
-            if epoch + 1 < epochs and trial.should_prune():
+            with phases.phase("storage"):
+                trial.report(value, epoch + 1)
+                faults.point("trial-reported")
+                # After the last epoch there is nothing left to save: the trial completes.
+                prune = epoch + 1 < epochs and trial.should_prune()
+            if prune:
                 self.pruned, self.pruned_at = True, epoch + 1
                 self.model.stop_training = True
 
@@ -219,16 +224,17 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
         from ferhpo.engines.optuna_engine import make_pruner
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(
-            study_name=spec["study"],
-            storage=store.open_storage(spec["storage"]),
-            pruner=make_pruner(spec["search"]["pruner"], train.epochs),
-        )
+        with phases.phase("storage"):
+            study = optuna.load_study(
+                study_name=spec["study"],
+                storage=store.open_storage(spec["storage"]),
+                pruner=make_pruner(spec["search"]["pruner"], train.epochs),
+            )
 
     with phases.phase("data"):
         splits = runs.budget_splits(data, spec["protocol"], budget, train.seed)
         x_val = data.images[splits.val][..., None]
-    callback = _objective_callback(spec, study, trial_id, x_val, data.labels[splits.val])
+    callback = _objective_callback(spec, study, trial_id, x_val, data.labels[splits.val], phases)
     extra = []
     if spec.get("tensorboard"):
         from ferhpo.tensorboard_logs import callback as tensorboard
