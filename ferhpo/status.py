@@ -150,14 +150,17 @@ def snapshot(study, *, wanted: int | None = None, now: float | None = None) -> S
         p = RunProgress.from_dict(raw) if raw else None
         age = ages.get(t._trial_id)
         start = t.datetime_start.timestamp() if t.datetime_start is not None else None
+        # Without ferhpo's progress (a trial of an older ferhpo), the epochs it reported
+        # to the pruner still say how far it is.
+        reported = max(t.intermediate_values) if t.intermediate_values else None
         running.append(
             RunningTrial(
                 number=t.number,
-                epoch=p.epoch if p else None,
-                epochs=p.epochs if p else None,
+                epoch=p.epoch if p else reported,
+                epochs=p.epochs if p else ((search or {}).get("max_epochs") if reported else None),
                 batch=p.batch if p else None,
                 batches=p.batches if p else None,
-                value=p.value if p else None,
+                value=p.value if p else (t.intermediate_values[reported] if reported else None),
                 elapsed=max(0.0, now - start) if start is not None else None,
                 heartbeat_age=age,
                 stale=age is not None and age > grace,

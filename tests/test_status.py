@@ -188,3 +188,19 @@ def test_snapshot_counts_a_worker_slot_per_live_trial(tmp_path):
     s = snapshot(study, now=now)
     assert s.trial_seconds == pytest.approx(300.0, abs=1)  # 120 s elapsed + 180 s left
     assert s.seconds_left == pytest.approx(180.0 + 300.0, abs=1)
+
+
+def test_a_running_trial_without_progress_shows_the_epochs_it_reported(tmp_path):
+    """A trial of an older ferhpo keeps no progress attribute; the values it reported to
+    the pruner still say how far it is."""
+    storage = store.open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.set_user_attr(SETTINGS_ATTR, {"objectives": ["val_accuracy"], "max_epochs": 3})
+    trial = optuna.trial.FrozenTrial(
+        number=0, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=dt.datetime.now(),
+        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+        intermediate_values={1: 0.31, 2: 0.42}, trial_id=0,
+    )
+    study.add_trial(trial)
+    (running,) = snapshot(study).running
+    assert (running.epoch, running.epochs, running.value) == (2, 3, pytest.approx(0.42))
