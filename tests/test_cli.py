@@ -265,7 +265,7 @@ def _assert_one_line_error(result, pattern):
         (["search"], "required: --space"),
         (["search", "--space", "densenet", "--engine", "sklearn"], "argument --engine: invalid choice: 'sklearn'"),
         (["search", "--space", "densenet", "--trials", "0"], "argument --trials: expected a positive integer, got 0"),
-        (["search", "--space", "nosuch"], "unknown search space 'nosuch'.*densenet, resnet"),
+        (["search", "--space", "nosuch"], "unknown search space 'nosuch'.*densenet, densenet-cpu, resnet, resnet-cpu"),
         (["search", "--space", "densenet", "--objective", "loss"], "--objective must be val_accuracy, macro_f1"),
         (["search", "--space", "densenet", "--engine", "keras-tuner", "--workers", "2"], "--workers > 1 needs --engine optuna"),
         (["search", "--space", "densenet", "--engine", "keras-tuner", "--sampler", "tpe"], "--sampler tpe needs --engine optuna"),
