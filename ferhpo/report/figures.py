@@ -354,7 +354,8 @@ def time_phases(per_run: list[tuple[str, dict[str, float]]], path: str | Path, *
     time in percent (the runs' phases summed, plus `idle` worker seconds)."""
     names = list(per_run[0][1]) if per_run else []
     # training steps in green, the overheads in other colours
-    palette = ["tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:green", "tab:cyan", "tab:pink", "tab:brown", "tab:olive"]
+    palette = ["tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:green", "tab:cyan", "tab:pink", "tab:brown",
+               "tab:olive", "tab:gray"]
     fig = Figure(figsize=(10, 2.2 + 0.32 * len(per_run)), layout="constrained")
     runs_ax, total_ax = fig.subplots(2, 1, height_ratios=[max(len(per_run), 1), 1.6])
     labels = [name for name, _ in per_run]
