@@ -116,7 +116,8 @@ def check_record(record: store.RunRecord, *, engine: str) -> None:
     phases = record.phases
     assert sum(phases[n] for n in (*PHASES, "other")) == pytest.approx(phases["wall"], abs=0.05)
     assert phases["startup"] > 0 and phases["data"] > 0 and phases["train"] > 0 and phases["compile"] > 0
-    assert phases["storage"] > 0  # the epoch's value reported to the study
+    if engine == "optuna":  # the epoch's value reported to the study (KerasTuner keeps its own)
+        assert phases["storage"] > 0
 
 
 # --------------------------------------------------------------------------- both engines, real data
