@@ -80,6 +80,15 @@ def tiny_csv(tmp_path) -> Path:
     return write_csv(tmp_path / "kaggle" / "fer2013.csv")
 
 
+def default_sigint() -> None:
+    """preexec_fn for a child that a test interrupts: SIGINT back to its default. A shell
+    starts background jobs with SIGINT ignored, children inherit that, and Python then
+    installs no KeyboardInterrupt handler: a test run from `cmd &` would never see Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, preexec_fn=None):
     """Run the real `ferhpo` command in a fresh interpreter."""
     full_env = {**os.environ, **(env or {})}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, write_folder
+from conftest import default_sigint, run_cli, write_folder
 from test_cli import _assert_one_line_error
 
 # The study's table: exact parameter counts, trainable + non-trainable.
@@ -201,7 +201,7 @@ def test_ctrl_c_keeps_finished_runs_and_discards_the_partial_one(workdir):
     proc = subprocess.Popen(
         [sys.executable, "-m", "ferhpo", "baseline", "--data", str(workdir / "fer"), "--cache-dir",
          str(workdir / "cache"), "--presets", str(workdir / "presets.toml"), "--budget", "full"],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )
     stderr = []
     deadline = time.monotonic() + 240

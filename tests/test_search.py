@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 import pytest
 
-from conftest import run_cli, tiny_items, write_folder
+from conftest import default_sigint, run_cli, tiny_items, write_folder
 from ferhpo import store
 
 TINY_SPACE = """
@@ -197,7 +197,7 @@ def test_ctrl_c_stops_cleanly_and_queues_the_interrupted_trial(small_data, space
     args = [sys.executable, "-m", "ferhpo", "search", "--space", str(space), "--data", str(small_data),
             "--budget", "smoke", "--max-epochs", "3", "--trials", "2", "--study", "c"]
     proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
 
     def training():
         try:
