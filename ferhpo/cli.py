@@ -359,8 +359,6 @@ def _baseline_list(args: argparse.Namespace) -> int:
 def _baseline_run(args: argparse.Namespace) -> int:
     if args.list:
         return _baseline_list(args)
-    import time
-
     from ferhpo import runs, store
     from ferhpo.config import get_budget
     from ferhpo.phases import PhaseClock
@@ -524,7 +522,7 @@ class _Progress:
         per_epoch = run.seconds_per_epoch()
         if per_epoch is None:
             return None, None
-        inside = run.batch / run.batches if run.batches and run.batch else 0.0
+        inside = run.batch_fraction() or 0.0
         return run.seconds_left(), max(0.0, self.total_epochs - self.done_epochs - inside) * per_epoch
 
     def callback(self, name: str, epochs: int):
@@ -796,15 +794,11 @@ def _search_run(args: argparse.Namespace) -> int:
         )
         return 130
     _print_top(study, settings)
-    print(f"study '{study_name}': {c['done']} trial(s) ({kept}) in {_clock(outcome.elapsed)}; "
-          f"ferhpo report --study {study_name} ranks them against the baselines")
-    return 0
-
-
-def _clock(seconds: float) -> str:
     from ferhpo.progress import clock
 
-    return clock(seconds)
+    print(f"study '{study_name}': {c['done']} trial(s) ({kept}) in {clock(outcome.elapsed)}; "
+          f"ferhpo report --study {study_name} ranks them against the baselines")
+    return 0
 
 
 class _LiveLine:
@@ -857,13 +851,12 @@ class _LiveLine:
         return out
 
     def update(self, p) -> None:
-        import time as _time
 
         notes = self._estimate(p)
         block = self.lines(p)
         running = () if p.status is None else tuple((r.number, r.epoch, r.stale) for r in p.status.running)
         key = (tuple(sorted(p.counts.items())), running)
-        now = _time.monotonic()
+        now = time.monotonic()
         if self.interactive:
             import shutil
 

@@ -81,7 +81,7 @@ class RunProgress:
             times = times[1:]
         if times:
             return statistics.fmean(times)
-        fraction = self._batch_fraction()
+        fraction = self.batch_fraction()
         if fraction and self.epoch_started is not None:
             now = time.time() if now is None else now
             if self.first_batch_done is not None and self.batch > 1 and self.batches:
@@ -95,10 +95,11 @@ class RunProgress:
         per_epoch = self.seconds_per_epoch(now)
         if per_epoch is None:
             return None
-        to_go = self.epochs - self.epoch - (self._batch_fraction() or 0.0)
+        to_go = self.epochs - self.epoch - (self.batch_fraction() or 0.0)
         return max(0.0, to_go * per_epoch)
 
-    def _batch_fraction(self) -> float | None:
+    def batch_fraction(self) -> float | None:
+        """The share of the current epoch's batches done (None between epochs or unknown)."""
         if self.batches and self.batch:
             return min(1.0, self.batch / self.batches)
         return None

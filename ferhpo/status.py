@@ -124,7 +124,7 @@ def snapshot(study, *, wanted: int | None = None, now: float | None = None) -> S
     trials = study.get_trials(deepcopy=False)
     attrs = study.user_attrs
     search = attrs.get(SETTINGS_ATTR)
-    counts = store.counts(study)
+    counts = store.count_trials(trials)
     if search is not None:
         kind = "search"
     elif any(t.user_attrs.get("kind") == "baseline" for t in trials):

@@ -288,10 +288,15 @@ def counted(trial) -> bool:
 
 def counts(study) -> dict[str, int]:
     """Counted trials by outcome, and those running or waiting (re-queued)."""
+    return count_trials(study.get_trials(deepcopy=False))
+
+
+def count_trials(trials) -> dict[str, int]:
+    """`counts` of trials already read (the caller's `study.get_trials`)."""
     import optuna
 
     out = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         if counted(t):
             out[{"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name]] += 1
         elif t.state == optuna.trial.TrialState.RUNNING:

@@ -16,12 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import optuna
 
 from ferhpo import faults, store
 from ferhpo.atomic import write_json
 from ferhpo.engines import SETTINGS_ATTR, SearchSettings, check_resume, study_dir
-from ferhpo.engines.optuna_engine import _die_with_parent, counts
+from ferhpo.engines.optuna_engine import _die_with_parent
 from ferhpo.errors import FerhpoError, WorkerError
 from ferhpo.progress import WANTED_ATTR
 from ferhpo.status import StudyStatus, snapshot
@@ -64,17 +63,11 @@ def prepare_study(settings: SearchSettings):
     return study
 
 
-def _best(study, settings: SearchSettings) -> float | None:
-    if settings.multi_objective:
-        return None
-    values = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    return max(values) if values else None
-
-
 def watch(study, settings: SearchSettings, start: float) -> Progress:
-    """The study now: counts, best, and each running trial's progress from the storage."""
+    """The study now: counts, best, and each running trial's progress from the storage
+    (one read of its trials: the live line asks every second)."""
     now = snapshot(study, wanted=settings.trials)
-    return Progress(now.counts, settings.trials, _best(study, settings), time.time() - start, now)
+    return Progress(now.counts, settings.trials, now.best, time.time() - start, now)
 
 
 def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress], None]) -> SearchOutcome:
@@ -115,8 +108,8 @@ def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress]
                 w.kill()
                 w.wait()
     codes = [w.wait() for w in workers]
-    final = counts(study)
-    on_progress(watch(study, settings, start))
+    last = watch(study, settings, start)
+    on_progress(last)
     if not interrupted:
         for index, (code, log_path) in enumerate(zip(codes, logs)):
             if code == 130:
@@ -131,7 +124,7 @@ def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress]
                     f"search worker {index} {how}; the study keeps its finished trials and retries the one that "
                     f"worker was running: rerun the same command (worker log: {log_path})"
                 )
-    return SearchOutcome(interrupted, final, time.time() - start)
+    return SearchOutcome(interrupted, last.counts, time.time() - start)
 
 
 def top_records(study, settings: SearchSettings, k: int = 5) -> list[store.RunRecord]:
