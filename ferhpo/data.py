@@ -40,6 +40,8 @@ PROTOCOLS = {
     "seed-resnet": "train = 80% of Training; validation = a seeded random 20% of Training (reference ResNet runs)",
     "holdout": "train = 90% of Training; validation = a seeded, stratified 10% of Training (default for search)",
     "canonical": "train = all Training; validation = PublicTest; test = PrivateTest",
+    "refit": "train = all Training; no validation: after selecting on holdout, a fixed number of epochs on every "
+    "training image, the last weights kept (ferhpo confirm --refit)",
 }
 DEFAULT_DATA = Path("data") / "fer2013"
 OBTAIN_HINT = (
@@ -526,6 +528,8 @@ def make_splits(data: FER2013, protocol: str = "holdout", seed: int = 0) -> Spli
         per_class = [train_idx[data.labels[train_idx] == c] for c in range(len(CLASSES))]
         val = np.concatenate([rng.permutation(idx)[: int(round(0.1 * len(idx)))] for idx in per_class])
         train = np.setdiff1d(train_idx, val)
+    elif protocol == "refit":
+        train, val = train_idx, train_idx[:0]
     else:  # canonical
         if (data.origins == TEST_UNKNOWN).any() or not len(public):
             raise DataError(

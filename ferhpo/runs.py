@@ -207,8 +207,10 @@ def train_and_record(
     reported_test_accuracy: float | None = None,
     root: Path = store.STUDIES_DIR,
     phases: PhaseClock | None = None,
+    hyperparameters: dict | None = None,
+    search: dict | None = None,
 ) -> store.RunRecord:
-    """`train_run`, then add the record to `study` in one transaction (baseline runs)."""
+    """`train_run`, then add the record to `study` in one transaction (baseline and confirm runs)."""
     folder = new_run_dir(study.study_name, name, budget, root)
     try:
         record = train_run(
@@ -225,6 +227,8 @@ def train_and_record(
             verbose=verbose,
             reported_test_accuracy=reported_test_accuracy,
             phases=phases,
+            hyperparameters=hyperparameters,
+            search=search,
         )
         store.add_record(study, record)
     except BaseException:

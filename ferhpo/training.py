@@ -337,6 +337,13 @@ class _Recorder(keras.callbacks.Callback):
             if key == "learning_rate":
                 continue
             self.history.setdefault(key, []).append(float(value))
+        if "val_accuracy" not in logs:  # trained without validation: every epoch replaces the last
+            self.best_epoch = epoch + 1
+            self.best_weights = self.model.get_weights()
+            if self.checkpoint is not None:
+                with self.phases.phase("write"), atomic_path(self.checkpoint, suffix=".weights.h5") as tmp:
+                    self.model.save_weights(tmp)
+            return
         val = float(logs.get("val_accuracy", float("nan")))
         if val > self.best:
             self.best, self.best_epoch = val, epoch + 1
@@ -435,7 +442,8 @@ def fit(
     with phases.phase("data"):
         x = data.images[..., None]
         x_train, y_train = x[splits.train], _one_hot(data.labels[splits.train])
-        validation_data = (x[splits.val], _one_hot(data.labels[splits.val]))
+        # No validation split (the refit protocol): the last epoch's weights are kept.
+        validation_data = (x[splits.val], _one_hot(data.labels[splits.val])) if len(splits.val) else None
     recorder = _Recorder(Path(checkpoint) if checkpoint else None, phases)
     recorder.fit_called = time.perf_counter()
     all_callbacks = [_DivergenceGuard(), *schedule_callbacks(train), recorder, *callbacks]
@@ -489,7 +497,8 @@ def fit(
         )
         predicted = np.argmax(probabilities, axis=-1)
         val_pred, predictions = predicted[: len(splits.val)], predicted[len(splits.val) :]
-        evaluation["val"] = classification_metrics(data.labels[splits.val], val_pred)
+        if len(splits.val):
+            evaluation["val"] = classification_metrics(data.labels[splits.val], val_pred)
         if evaluate_test:
             evaluation["test"] = classification_metrics(data.labels[test_idx], predictions)
             position = {int(i): k for k, i in enumerate(test_idx)}

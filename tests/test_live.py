@@ -12,7 +12,8 @@ import io
 
 import pytest
 
-from ferhpo.cli import _estimate_lines, _LiveLine
+from ferhpo.cli.common import estimate_lines
+from ferhpo.cli.search import _LiveLine
 from ferhpo.engines.runner import Progress
 from ferhpo.status import RunningTrial, StudyStatus, study_status
 from test_status import make_running_study
@@ -72,4 +73,4 @@ def test_a_day_without_an_accelerator_names_the_cpu_budget():
     assert "~0:24:00 an epoch, ~3d 8:00:00 for its 200 epoch(s); 2 trial(s): up to ~6d 16:00:00" in text
     assert "more than a day" in text and "--budget cpu" in text
     # with a GPU, the same numbers carry no warning
-    assert len(_estimate_lines("x", 24 * 60.0, 200, 2, 1, True, what="trial(s)")) == 1
+    assert len(estimate_lines("x", 24 * 60.0, 200, 2, 1, True, what="trial(s)")) == 1

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from ferhpo.phases import DESCRIPTIONS as PHASE_DESCRIPTIONS
 from ferhpo.phases import PHASES
 from ferhpo.report import stats
@@ -91,6 +93,7 @@ class Content:
     summary: list[str]
     footnotes: list[str]
     figures: list[FigureSpec] = field(default_factory=list)
+    ensembles: list[dict[str, Any]] = field(default_factory=list)  # each beside the best single model
     notes: list[str] = field(default_factory=list)
     top: int = 10
 
@@ -214,7 +217,7 @@ def rank_runs(data: StudyData) -> list[tuple[int, Run | Failure]]:
     return list(enumerate(ordered, 1))
 
 
-def _budget_text(budget: dict[str, Any]) -> str:
+def budget_text(budget: dict[str, Any]) -> str:
     limits = [f"{k.split('_')[0]} <= {budget[k]:,}" for k in ("train_limit", "val_limit", "test_limit") if budget.get(k)]
     epochs = f"{budget['epochs']} epochs" if budget.get("epochs") else "the recipe's epochs"
     return f"{budget.get('name')} ({', '.join([epochs, *limits])})"
@@ -224,7 +227,7 @@ def incomparable(a, b) -> str | None:
     """Why records `a` and `b` may not be tested against each other, or None when they are
     like with like: the same budget (epochs and images), split protocol and data."""
     if a.budget != b.budget:
-        return f"budgets differ: {_budget_text(a.budget)} against {_budget_text(b.budget)}"
+        return f"budgets differ: {budget_text(a.budget)} against {budget_text(b.budget)}"
     if a.protocol != b.protocol:
         return f"protocols differ: {a.protocol} against {b.protocol}"
     if a.data_fingerprint != b.data_fingerprint:
@@ -246,10 +249,10 @@ def choose_best_baseline(data: StudyData, best: Run | None) -> tuple[Run | None,
     if best is not None:
         matching = [r for r in candidates if incomparable(best.record, r.record) is None]
         if not matching:
-            held = sorted({f"{_budget_text(r.record.budget)} / {r.record.protocol}" for r in candidates})
+            held = sorted({f"{budget_text(r.record.budget)} / {r.record.protocol}" for r in candidates})
             return None, (
                 f"the baseline runs of {data.baseline_study} were trained at other budgets or protocols "
-                f"({'; '.join(held)}) than the best run ({_budget_text(best.record.budget)} / {best.record.protocol}), "
+                f"({'; '.join(held)}) than the best run ({budget_text(best.record.budget)} / {best.record.protocol}), "
                 f"so there is no paired test against them; train one at the same budget and protocol "
                 f"(e.g. `ferhpo baseline --space SPACE --budget {best.record.budget.get('name')} --protocol {best.record.protocol}`)"
             )
@@ -257,35 +260,103 @@ def choose_best_baseline(data: StudyData, best: Run | None) -> tuple[Run | None,
     return max(candidates, key=lambda r: (r.record.test_accuracy, r.record.created)), ""
 
 
-def seed_groups(runs: list[Run]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Complete runs of one configuration with several seeds: mean and spread of test accuracy.
+def seed_groups(
+    runs: list[Run], reference: Run | None = None, *, seed: int = 0
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Complete runs of one configuration with several seeds: mean and spread of their
+    validation and test accuracy, and (what `ferhpo confirm` is for) each group against
+    the reference's group over all seeds and test images (`stats.bootstrap_seeds`).
 
-    Returns the groups and, per run_id, the group it belongs to.
+    `reference` is the best baseline run: its group (or it alone) is the bar. Returns the
+    groups and, per run_id, the group it belongs to.
     """
     groups: dict[str, list[Run]] = {}
     for run in runs:
         if run.status == "complete" and run.record.test_accuracy is not None:
             groups.setdefault(seed_key(run.record), []).append(run)
+    bar: list[Run] = []
+    if reference is not None:
+        bar = groups.get(seed_key(reference.record), [reference])
+    bar_predictions = [stats.load_predictions(p) if (p := r.artifact("test_predictions")) else None for r in bar]
     out, member = [], {}
     for members in groups.values():
         if len(members) < 2:
             continue
+        members = sorted(members, key=lambda m: (m.record.train.get("seed", 0), m.record.created))
         accs = [m.record.test_accuracy for m in members]
+        vals = [m.record.best_val_accuracy for m in members]
+        is_reference = bool(bar) and seed_key(members[0].record) == seed_key(bar[0].record)
         group = {
             "runs": [m.name for m in members],
             "seeds": [m.record.train.get("seed") for m in members],
             "n": len(members),
+            "role": "reference" if is_reference else ("baseline" if members[0].record.kind == "baseline" else "candidate"),
+            "mean_val_accuracy": statistics.fmean(vals),
+            "std_val_accuracy": statistics.stdev(vals),
             "mean_test_accuracy": statistics.fmean(accs),
             "std_test_accuracy": statistics.stdev(accs),
             "min_test_accuracy": min(accs),
             "max_test_accuracy": max(accs),
             "budget": members[0].record.budget.get("name"),
+            "reference": None, "reference_seeds": None, "images_compared": None,
+            "diff_points": None, "ci_low": None, "ci_high": None, "verdict": "n/a",
+            "reason": "" if bar else "no reproduced baseline to compare with",
         }
+        if bar and not is_reference:
+            why = incomparable(members[0].record, bar[0].record)
+            matrix_a = stats.correct_matrix([stats.load_predictions(p) if (p := m.artifact("test_predictions")) else None
+                                             for m in members])
+            matrix_b = stats.correct_matrix(bar_predictions)
+            if why is not None:
+                group["reason"] = f"not tested against {bar[0].name}: {why}"
+            elif matrix_a is None or matrix_b is None:
+                group["reason"] = "test predictions are missing for a run of this group or of the reference"
+            else:
+                common, ia, ib = np.intersect1d(matrix_a[1], matrix_b[1], assume_unique=True, return_indices=True)
+                if common.size < stats.MIN_COMMON_IMAGES:
+                    group["reason"] = f"only {common.size} test image(s) in common"
+                else:
+                    diff, low, high = stats.bootstrap_seeds(matrix_a[0][:, ia], matrix_b[0][:, ib], seed=seed)
+                    group.update(
+                        reference=bar[0].name, reference_seeds=len(bar), images_compared=int(common.size),
+                        diff_points=diff, ci_low=low, ci_high=high, verdict=stats.verdict_from_interval(low, high),
+                    )
         out.append(group)
         for m in members:
             member[m.record.run_id] = group
-    out.sort(key=lambda g: -g["mean_test_accuracy"])
+    out.sort(key=lambda g: (g["role"] != "reference", -g["mean_test_accuracy"]))
     return out, member
+
+
+def ensemble_rows(data: StudyData, best: Run | None, baseline: Run | None, *, seed: int = 0) -> list[dict[str, Any]]:
+    """The study's ensembles, each tested (paired bootstrap, McNemar) against the best
+    single model by validation and against the best reproduced baseline."""
+    root = data.runs[0].root if data.runs else Path("studies")
+    rows = []
+    for e in data.ensembles:
+        ev = e.get("evaluation") or {}
+        acc = lambda split: (ev.get(split) or {}).get("accuracy")  # noqa: E731
+        rel = (e.get("artifacts") or {}).get("test_predictions")
+        mine = stats.load_predictions(root / data.name / rel) if rel else None
+        row = {
+            "name": e.get("name"), "members": list(e.get("members") or []), "tta_hflip": bool(e.get("tta_hflip")),
+            "val_accuracy": acc("val"), "test_accuracy": acc("test"), "test_public_accuracy": acc("test_public"),
+            "test_private_accuracy": acc("test_private"), "macro_f1": (ev.get("test") or {}).get("macro_f1"),
+            "test_images": (ev.get("test") or {}).get("n"), "note": e.get("validation_note") or "",
+        }
+        for label, other in (("best_single", best), ("baseline", baseline)):
+            if other is None:
+                comparison = stats.not_available(f"no {label.replace('_', ' ')} run")
+            else:
+                path = other.artifact("test_predictions")
+                comparison = stats.compare(mine, stats.load_predictions(path) if path else None, seed=seed)
+            row[label] = None if other is None else other.name
+            row[f"{label}_accuracy"] = None if other is None else other.record.test_accuracy
+            row[f"{label}_diff_points"] = comparison.diff_points
+            row[f"{label}_ci_low"], row[f"{label}_ci_high"] = comparison.ci_low, comparison.ci_high
+            row[f"{label}_verdict"] = comparison.verdict
+        rows.append(row)
+    return rows
 
 
 def grid_points(space: dict | None, max_values: int = 5) -> int | None:
@@ -519,7 +590,7 @@ def build_content(data: StudyData, references: list[Reference], *, top: int = 10
         comparisons[run.record.run_id] = comparison
 
     everyone = {r.record.run_id: r for r in [*data.runs, *data.baselines]}
-    groups, member = seed_groups(list(everyone.values()))
+    groups, member = seed_groups(list(everyone.values()), best_baseline, seed=seed)
 
     # ----- rows
     rows: list[dict[str, Any]] = []
@@ -555,6 +626,7 @@ def build_content(data: StudyData, references: list[Reference], *, top: int = 10
 
     best_comparison = comparisons.get(best.record.run_id) if best is not None else None
     compute = compute_used(data)
+    ensembles = ensemble_rows(data, best, best_baseline, seed=seed)
     content = Content(
         data=data,
         references=references,
@@ -569,6 +641,7 @@ def build_content(data: StudyData, references: list[Reference], *, top: int = 10
         no_baseline=no_baseline,
         best_comparison=best_comparison,
         seed_groups=groups,
+        ensembles=ensembles,
         compute=compute,
         summary=[],
         footnotes=[],
@@ -595,6 +668,9 @@ def _run_row(run: Run, rank, references, best_ref, best_baseline, defaults, obje
         notes.append(f"failed: {r.error}")
     if r.kind == "baseline" and r.reported_test_accuracy is not None:
         notes.append(f"reproduced {r.run} (reported {r.reported_test_accuracy:.4f})")
+    validated = "val" in r.evaluation or not r.evaluation
+    if not validated:
+        notes.append(f"trained on every training image for {r.epochs_run} epoch(s), no validation ({r.protocol} protocol)")
     row.update(
         rank=rank,
         kind=r.kind,
@@ -616,7 +692,7 @@ def _run_row(run: Run, rank, references, best_ref, best_baseline, defaults, obje
         protocol=r.protocol,
         objective=r.search.get("objective") or objective,
         objective_value=run.objective,
-        best_val_accuracy=r.best_val_accuracy if math.isfinite(r.best_val_accuracy) else None,
+        best_val_accuracy=r.best_val_accuracy if math.isfinite(r.best_val_accuracy) and validated else None,
         test_accuracy=test,
         test_images=(r.evaluation.get("test") or {}).get("n"),
         test_private_accuracy=_metric(r, "test_private"),
@@ -820,6 +896,34 @@ def _summary(c: Content, best_ref: Reference | None, defaults: dict[str, Any]) -
         lines.append(
             f"{seen} measured row(s) are marked {SELECTION_MARK}: their model selection used the test set "
             f"(the reference DenseNet protocol), so their test accuracy is not a clean held-out number."
+        )
+    tested = [g for g in c.seed_groups if g["diff_points"] is not None]
+    bar = next((g for g in c.seed_groups if g["role"] == "reference"), None)
+    if tested:
+        top = max(tested, key=lambda g: g["mean_val_accuracy"])  # chosen on validation, as always
+        against = (
+            f"the reference {bar['runs'][0].rsplit('-seed', 1)[0]} ({bar['n']} seeds: {bar['mean_test_accuracy']:.4f} "
+            f"± {bar['std_test_accuracy']:.4f})" if bar else f"the reference run {top['reference']}"
+        )
+        lines.append(
+            f"Over seeds: the best configuration by mean validation accuracy, {top['runs'][0].rsplit('-seed', 1)[0]}, "
+            f"has test accuracy {top['mean_test_accuracy']:.4f} ± {top['std_test_accuracy']:.4f} ({top['n']} seeds) "
+            f"against {against}: {top['diff_points']:+.2f} points, 95% interval over seeds and images "
+            f"[{top['ci_low']:+.2f}, {top['ci_high']:+.2f}]; verdict: {top['verdict']}."
+        )
+    for e in c.ensembles:
+        if e["test_accuracy"] is None:
+            continue
+        against = ""
+        if e["best_single_diff_points"] is not None:
+            against = (
+                f"; against the best single model {e['best_single']} ({e['best_single_accuracy']:.4f}): "
+                f"{e['best_single_diff_points']:+.2f} points [{e['best_single_ci_low']:+.2f}, {e['best_single_ci_high']:+.2f}], "
+                f"{e['best_single_verdict']}"
+            )
+        lines.append(
+            f"Ensemble {e['name']} ({', '.join(e['members'])}{', flip TTA' if e['tta_hflip'] else ''}): test accuracy "
+            f"{e['test_accuracy']:.4f}{against}."
         )
     if budget and budget != "full":
         lines.append(

@@ -79,6 +79,7 @@ class StudyData:
     pareto: list[str] | None
     baseline_study: str | None  # where reproduced baselines came from (may be this study)
     baselines: list[Run] = field(default_factory=list)  # complete baseline runs, any study
+    ensembles: list[dict[str, Any]] = field(default_factory=list)  # `ferhpo ensemble` summaries, oldest first
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -145,9 +146,9 @@ def _objective(trial, record: store.RunRecord) -> float | None:
     curve = [v for v in record.search.get("objective_curve") or [] if v is not None and math.isfinite(v)]
     if curve:
         return float(max(curve))
-    if record.status != "failed" and math.isfinite(record.best_val_accuracy):
+    if record.status != "failed" and math.isfinite(record.best_val_accuracy) and ("val" in record.evaluation or not record.evaluation):
         return float(record.best_val_accuracy)
-    return None
+    return None  # no validation (the refit protocol): nothing to rank it by
 
 
 def _runs(study, root: Path) -> list[Run]:
@@ -228,6 +229,10 @@ def load_study(
         directions=[d.name.lower() for d in study.directions],
         pareto=list(pareto) if isinstance(pareto, list) else None,
         baseline_study=None,
+        ensembles=sorted(
+            (e for e in (study.user_attrs.get(store.ENSEMBLES_ATTR) or {}).values() if isinstance(e, dict)),
+            key=lambda e: str(e.get("created", "")),
+        ),
     )
 
     own = [r for r in runs if r.record.kind == "baseline" and r.status == "complete"]

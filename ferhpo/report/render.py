@@ -107,15 +107,58 @@ COMPARISON: list[tuple[str, Callable[[dict], str]]] = [
     ("note", lambda c: c["reason"] or ""),
 ]
 
+def _vs(label: str) -> Callable[[dict], str]:
+    def cell(e: dict) -> str:
+        if e[f"{label}_diff_points"] is None:
+            return "–"
+        return (f"{e[f'{label}_diff_points']:+.2f} [{e[f'{label}_ci_low']:+.2f}, {e[f'{label}_ci_high']:+.2f}] "
+                f"{e[f'{label}_verdict']}")
+    return cell
+
+
+ENSEMBLES: list[tuple[str, Callable[[dict], str]]] = [
+    ("ensemble", lambda e: str(e["name"])),
+    ("members", lambda e: ", ".join(e["members"])),
+    ("flip TTA", lambda e: "yes" if e["tta_hflip"] else "no"),
+    ("val acc", lambda e: _num(".4f")(e["val_accuracy"])),
+    ("test acc", lambda e: _num(".4f")(e["test_accuracy"])),
+    ("PrivateTest", lambda e: _num(".4f")(e["test_private_accuracy"])),
+    ("PublicTest", lambda e: _num(".4f")(e["test_public_accuracy"])),
+    ("macro-F1", lambda e: _num(".4f")(e["macro_f1"])),
+    ("best single model (by val)", lambda e: f"{e['best_single']} ({_num('.4f')(e['best_single_accuracy'])})" if e["best_single"] else "–"),
+    ("Δ best single, 95% CI, verdict (pts)", _vs("best_single")),
+    ("Δ baseline, 95% CI, verdict (pts)", _vs("baseline")),
+    ("note", lambda e: e["note"]),
+]
+
+ENSEMBLES_NOTE = (
+    "Ensembles (`ferhpo ensemble`): the members' probabilities averaged (with flip TTA, each member's also averaged "
+    "with its mirror image's). Members are the runs of best validation accuracy; each ensemble is tested on the same "
+    "test images against the best single model by validation and the best reproduced baseline (paired bootstrap "
+    "95% interval)."
+)
+
+SEEDS_NOTE = (
+    "Configurations trained with several seeds (`ferhpo confirm`): mean ± sample sd over seeds. Each is tested "
+    "against the reference's seeds with a bootstrap that resamples the test images (paired) and each side's seeds "
+    "(10,000 resamples): beats if the 95% interval lies above 0, loses if below, ties otherwise. A search's own "
+    "run (its first seed) was selected on validation, so its validation accuracy is biased upward; test accuracy "
+    "never took part in any selection."
+)
+
 SEEDS: list[tuple[str, Callable[[dict], str]]] = [
-    ("runs", lambda g: ", ".join(g["runs"])),
+    ("configuration", lambda g: g["runs"][0].rsplit("-seed", 1)[0]),
+    ("role", lambda g: g["role"]),
     ("seeds", lambda g: ", ".join(str(s) for s in g["seeds"])),
-    ("n", lambda g: str(g["n"])),
     ("budget", lambda g: str(g["budget"])),
-    ("mean test acc", lambda g: f"{g['mean_test_accuracy']:.4f}"),
-    ("sd", lambda g: f"{g['std_test_accuracy']:.4f}"),
+    ("val acc: mean ± sd", lambda g: f"{g['mean_val_accuracy']:.4f} ± {g['std_val_accuracy']:.4f}"),
+    ("test acc: mean ± sd", lambda g: f"{g['mean_test_accuracy']:.4f} ± {g['std_test_accuracy']:.4f}"),
     ("min", lambda g: f"{g['min_test_accuracy']:.4f}"),
     ("max", lambda g: f"{g['max_test_accuracy']:.4f}"),
+    ("Δ reference (pts)", lambda g: _pts(g["diff_points"])),
+    ("95% CI over seeds and images (pts)", lambda g: "–" if g["ci_low"] is None else f"[{g['ci_low']:+.2f}, {g['ci_high']:+.2f}]"),
+    ("verdict", lambda g: "–" if g["role"] == "reference" else g["verdict"]),
+    ("runs", lambda g: ", ".join(g["runs"])),
 ]
 
 
@@ -155,8 +198,12 @@ def markdown(c: Content, *, generated: str, figures: list[FigureSpec], drawn: se
         out += _md_table(COMPARISON, c.comparisons)
     else:
         out.append("No complete run to compare.")
+    if c.ensembles:
+        out += ["", "## Ensembles", "", ENSEMBLES_NOTE, ""]
+        out += _md_table(ENSEMBLES, c.ensembles)
     out += ["", "## Seeds", ""]
     if c.seed_groups:
+        out += [SEEDS_NOTE, ""]
         out += _md_table(SEEDS, c.seed_groups)
     else:
         out.append("No configuration was run with more than one seed.")
@@ -262,8 +309,10 @@ def page(c: Content, *, generated: str, figures: list[FigureSpec], folder: Path,
         '<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in c.footnotes) + "</ul>",
         f"<h2>Against the best baseline (top {c.top})</h2>",
         _html_table(COMPARISON, c.comparisons) if c.comparisons else "<p>No complete run to compare.</p>",
+        *(["<h2>Ensembles</h2>", f"<p>{html.escape(ENSEMBLES_NOTE)}</p>", _html_table(ENSEMBLES, c.ensembles)]
+          if c.ensembles else []),
         "<h2>Seeds</h2>",
-        _html_table(SEEDS, c.seed_groups) if c.seed_groups else "<p>No configuration was run with more than one seed.</p>",
+        f"<p>{html.escape(SEEDS_NOTE)}</p>" + _html_table(SEEDS, c.seed_groups) if c.seed_groups else "<p>No configuration was run with more than one seed.</p>",
     ]
     if d.failures:
         parts.append("<h2>Failed trials</h2><ul>" + "".join(
@@ -328,6 +377,7 @@ def json_text(c: Content, *, generated: str, figures: list[FigureSpec], drawn: s
         "compute": c.compute,
         "comparisons": c.comparisons,
         "seed_groups": c.seed_groups,
+        "ensembles": c.ensembles,
         "failures": [{"run": f.run, "trial_number": f.number, "error": f.error, "hyperparameters": f.hyperparameters}
                      for f in d.failures],
         "figures": [{"name": s.name, "file": s.file if s.name in drawn else None, "title": s.title,

@@ -189,3 +189,62 @@ def compare(a: Predictions | None, b: Predictions | None, *, seed: int = 0) -> C
     correct_a = a.predictions[ia] == a.labels[ia]
     correct_b = b.predictions[ib] == b.labels[ib]
     return compare_correct(correct_a, correct_b, seed=seed, note=note)
+
+
+def bootstrap_seeds(
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    *,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+    chunk: int = 500,
+) -> tuple[float, float, float]:
+    """Bootstrap of mean acc(a) - mean acc(b) over seeds and test images, in points.
+
+    `correct_a` (seeds_a x images) and `correct_b` (seeds_b x images) hold each seed's
+    correctness on the same images. Each resample draws the images once, with
+    replacement, for both sides (they stay paired), and each side's seeds with
+    replacement: the interval covers both the test-set and the seed-to-seed spread,
+    which a single pair of runs cannot show. With one seed a side it is the paired
+    bootstrap of `bootstrap_difference`. Percentile interval: (estimate, low, high).
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or 0 in a.shape or 0 in b.shape:
+        raise ValueError("correct_a and correct_b must be non-empty (seeds x images) arrays over the same images")
+    n = a.shape[1]
+    estimate = 100.0 * (a.mean() - b.mean())
+    rng = np.random.default_rng(seed)
+    fa, fb = a.astype(np.float32), b.astype(np.float32)
+    diffs = []
+    for start in range(0, resamples, chunk):
+        m = min(chunk, resamples - start)
+        images = rng.integers(0, n, size=(m, n))  # the resampled images, shared by both sides
+        acc_a = np.stack([row[images].mean(axis=1) for row in fa], axis=1)  # resamples x seeds_a
+        acc_b = np.stack([row[images].mean(axis=1) for row in fb], axis=1)
+        pick_a = rng.multinomial(a.shape[0], np.full(a.shape[0], 1.0 / a.shape[0]), size=m) / a.shape[0]
+        pick_b = rng.multinomial(b.shape[0], np.full(b.shape[0], 1.0 / b.shape[0]), size=m) / b.shape[0]
+        diffs.append(100.0 * ((acc_a * pick_a).sum(axis=1) - (acc_b * pick_b).sum(axis=1)))
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(np.concatenate(diffs), [tail, 100.0 - tail])
+    return float(estimate), float(low), float(high)
+
+
+def correct_matrix(runs: list[Predictions | None]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each run's correctness on the test images all of them predicted (by file name),
+    and those files; None when a run has no predictions or labels disagree."""
+    if not runs or any(r is None for r in runs):
+        return None
+    common = runs[0].files
+    for r in runs[1:]:
+        common = np.intersect1d(common, r.files, assume_unique=True)
+    rows, labels = [], None
+    for r in runs:
+        _, _, idx = np.intersect1d(common, r.files, assume_unique=True, return_indices=True)
+        if labels is None:
+            labels = r.labels[idx]
+        elif np.any(labels != r.labels[idx]):
+            return None
+        rows.append(r.predictions[idx] == r.labels[idx])
+    return np.vstack(rows), common

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Confirm the CPU example study (benchmarks/cpu_example.sh) over seeds: its top 3
+# configurations and its reference, 3 seeds each (seed 0 is the search's own run,
+# copied; seeds 1 and 2 are trained), then the ensemble of the top 3 and the report.
+# About an hour on two CPU cores. Usage: bash benchmarks/cpu_confirm.sh [DATA]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-../shared/fer2013}
+STORAGE=sqlite:///studies/cpu-example.db
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+
+step() {  # step NAME COMMAND...: run it, log its output and its wall time
+    local name=$1 start end
+    shift
+    echo "== $name: $*" | tee -a "$LOG"
+    start=$(date +%s)
+    "$@" 2>&1 | tee -a "$LOG"
+    end=$(date +%s)
+    echo "== $name took $((end - start)) s" | tee -a "$LOG"
+}
+
+begin=$(date +%s)
+echo "== started $(date -u +%FT%TZ) on $(nproc) cores; ferhpo $(python -c 'import ferhpo; print(ferhpo.__version__)')" | tee -a "$LOG"
+step confirm ferhpo confirm --study cpu-example --baseline-study cpu-example-reference --top 3 --seeds 3 \
+    --storage "$STORAGE" --data "$DATA"
+echo "== the confirmation took $(( $(date +%s) - begin )) s" | tee -a "$LOG"
+cp "$LOG" benchmarks/cpu_confirm.log

@@ -1,0 +1,161 @@
+"""What the command modules share: the Command record, argument types, the data
+options, quiet imports of Keras and Optuna, and the time estimate printed by
+`baseline` and `search`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from ferhpo.errors import FerhpoError
+
+PROG = "ferhpo"
+
+
+class UsageError(FerhpoError):
+    """Bad command-line usage (argparse's complaints, made one line)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing the usage block and exiting."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        metavar="PATH",
+        help="FER2013 as image folders (train/<class>/, test/<class>/) or the Kaggle fer2013.csv; "
+        "default: $FERHPO_DATA, else ./data/fer2013",
+    )
+    g.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where decoded arrays are cached (outside the data folder); default: $FERHPO_CACHE, "
+        "else the user cache dir",
+    )
+    g.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip corrupt or non-image files (and bad csv rows) and report how many, instead of failing",
+    )
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def import_keras() -> None:
+    """Import keras with the backend's C++ start-up log (CUDA probing, oneDNN notes) hidden.
+
+    TensorFlow 2.20+ writes those lines before its logging can be configured, so they
+    are caught on file descriptor 2 and shown only if the import fails.
+    """
+    if "keras" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    show_log = True  # only when the import fails unexpectedly: the log may say why
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+
+            show_log = False
+        except (ImportError, ValueError) as exc:  # an unknown or uninstalled KERAS_BACKEND
+            show_log = False
+            backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+            raise FerhpoError(
+                f"cannot load Keras with backend {backend!r} ({str(exc).strip().splitlines()[-1]}); expected "
+                f"KERAS_BACKEND to be tensorflow, jax or torch, installed (pip install -e '.[jax]' or '.[torch]')"
+            ) from None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if show_log:
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace"))
+    # tf.function retracing notes (a new input shape per model and split) are not for users.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every study creation at INFO; ferhpo prints its own summaries."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def load_data(args: argparse.Namespace):
+    from ferhpo.data import load_fer2013
+
+    return load_fer2013(args.data, args.cache_dir, skip_bad=args.skip_bad)
+
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+def estimate_lines(name: str, per_epoch: float, epochs: int, runs: int, workers: int, accelerator, *, what: str,
+                    total_epochs: int | None = None) -> list[str]:
+    """The up-front estimate, from measured time: one run of `epochs` epochs, and `runs`
+    runs (`total_epochs` in all, default runs x epochs) shared by `workers`; past a day
+    without an accelerator, it says so and names the budget that fits."""
+    from ferhpo.progress import DAY, clock
+
+    one = per_epoch * epochs
+    total = per_epoch * (total_epochs if total_epochs is not None else epochs * runs) / max(1, workers)
+    lines = [
+        f"estimate (measured on {name}): ~{clock(per_epoch)} an epoch, ~{clock(one)} for its {epochs} epoch(s); "
+        f"{runs} {what}{f' on {workers} workers' if workers > 1 else ''}: up to ~{clock(total)}"
+        + (" (pruned trials end sooner)" if what == "trial(s)" else "")
+    ]
+    if total > DAY and accelerator is False:
+        lines.append(
+            f"note: that is more than a day, and Keras found no GPU or TPU here; on a CPU, --budget cpu with the "
+            f"*-cpu spaces (search_spaces/resnet-cpu.toml, densenet-cpu.toml) fits (minutes an epoch); "
+            f"going on as asked"
+        )
+    return lines

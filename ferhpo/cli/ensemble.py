@@ -1,0 +1,53 @@
+"""`ferhpo ensemble`: average a study's top-K models (optionally with flip averaging) and
+measure the ensemble on the validation and test images, for the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ferhpo.cli.common import Command, add_data_options, import_keras, load_data, positive_int, quiet_optuna
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    add_data_options(p)
+    p.add_argument("--study", required=True, help="study whose finished runs to average (a search or a confirm study)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    p.add_argument("--top", type=positive_int, default=3, metavar="K", help="members: the K runs of best validation accuracy (default 3)")
+    p.add_argument("--tta", action="store_true", help="also average each image's probabilities with its mirror image's")
+    p.add_argument("--json", action="store_true", help="print the ensemble's summary as JSON")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ferhpo import store
+    from ferhpo.report.load import open_storage
+
+    quiet_optuna()
+    storage = open_storage(args.storage)
+    study = store.open_study(args.study, args.storage, create=False, storage=storage)
+    import_keras()
+    from ferhpo.deploy import ensemble, rebuild
+
+    records = rebuild.select_records(study, top=args.top)
+    data = load_data(args)
+    result = ensemble.evaluate(records, data, tta_hflip=args.tta)
+    summary = ensemble.record(study, result)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    ev = summary["evaluation"]
+    val = f"val {ev['val']['accuracy']:.4f}, " if "val" in ev else ""
+    halves = ""
+    if "test_public" in ev and "test_private" in ev:
+        halves = f" (public {ev['test_public']['accuracy']:.4f}, private {ev['test_private']['accuracy']:.4f})"
+    print(
+        f"{summary['name']} of {', '.join(summary['members'])}{' with flip averaging' if args.tta else ''}: "
+        f"{val}test {ev['test']['accuracy']:.4f} on {ev['test']['n']:,} images{halves}"
+    )
+    for r in records:
+        print(f"  {r.run}: val {r.best_val_accuracy:.4f}, test {r.test_accuracy:.4f}")
+    print(f"recorded in study {args.study!r}; `ferhpo report --study {args.study}` sets it beside the single models")
+    return 0
+
+
+COMMAND = Command("ensemble", "average a study's top runs into one predictor and measure it", _arguments, _run)
