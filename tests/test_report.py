@@ -247,6 +247,35 @@ def test_bootstrap_matches_index_resampling():
     assert low == pytest.approx(ref_low, abs=0.7) and high == pytest.approx(ref_high, abs=0.7)
 
 
+def test_seed_bootstrap_reduces_to_the_paired_one_and_widens_with_seed_spread():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((1, 2000)) < 0.62, rng.random((1, 2000)) < 0.58
+    one = stats.bootstrap_seeds(a, b, resamples=20_000, seed=1)
+    paired = stats.bootstrap_difference(a[0], b[0], resamples=20_000, seed=1)
+    assert one[0] == pytest.approx(paired[0]) and one[1] == pytest.approx(paired[1], abs=0.3)
+    assert one[2] == pytest.approx(paired[2], abs=0.3)
+    # three seeds of a that agree on the images vs three that differ by +-10 points:
+    # the same mean, but seed-to-seed spread must widen the interval
+    same = np.vstack([a[0]] * 3)
+    spread = np.vstack([rng.random(2000) < p for p in (0.52, 0.62, 0.72)])
+    narrow = stats.bootstrap_seeds(same, np.vstack([b[0]] * 3), seed=2)
+    wide = stats.bootstrap_seeds(spread, np.vstack([b[0]] * 3), seed=2)
+    assert wide[2] - wide[1] > 2 * (narrow[2] - narrow[1])
+    with pytest.raises(ValueError, match="same images"):
+        stats.bootstrap_seeds(a, b[:, :10])
+
+
+def test_correct_matrix_pairs_runs_by_file_name():
+    files = np.array([f"f{i}" for i in range(40)])
+    labels = np.arange(40) % 7
+    run = lambda order, right: stats.Predictions(files[order], labels[order], np.where(right, labels, (labels + 1) % 7)[order])  # noqa: E731
+    right = np.arange(40) % 2 == 0
+    matrix, common = stats.correct_matrix([run(np.arange(40), right), run(np.arange(40)[::-1][:30], ~right)])
+    assert matrix.shape == (2, 30) and set(common) == set(files[10:])
+    assert (matrix[0] == ~matrix[1]).all()
+    assert stats.correct_matrix([run(np.arange(40), right), None]) is None
+
+
 def test_predictions_are_paired_by_file_name_and_too_few_is_no_verdict():
     ev_b = stats.Predictions(FILES, LABELS, np.where(BASELINE_RIGHT, LABELS, (LABELS + 1) % 7))
     order = np.random.default_rng(2).permutation(N_TEST)[:300]  # another order, a subset
