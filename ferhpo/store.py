@@ -111,6 +111,7 @@ GRACE_FACTOR = 3
 SURPLUS_ATTR = "ferhpo.surplus"  # a trial started by a race past --trials; never counted
 ERROR_ATTR = "ferhpo.error"  # why a trial failed (its own failure, not a killed worker)
 INTERRUPTED_ATTR = "ferhpo.interrupted"  # stopped by Ctrl-C; retried by the next run
+CONFIRM_ATTR = "ferhpo.confirm"  # study attribute of `ferhpo confirm`: source, top, reference, seeds
 ENSEMBLES_ATTR = "ferhpo.ensembles"  # study attribute: {name: summary} of `ferhpo ensemble` results
 
 

@@ -221,9 +221,10 @@ def test_protocol_sizes_overlap_and_reproducibility(split_data, protocol):
         "seed-resnet": (n_train - 28, 28),
         "holdout": (n_train - 14, 14),
         "canonical": (n_train, n_test // 2),
+        "refit": (n_train, 0),  # every training image, no validation (ferhpo confirm --refit)
     }[protocol]
     assert (len(train), len(val)) == expected
-    if protocol in ("seed-resnet", "holdout"):
+    if protocol in ("seed-resnet", "holdout", "refit"):
         assert not val & test and s.selection_sees == ()
         assert len(train | val) == n_train
     else:

@@ -25,8 +25,7 @@ from ferhpo.atomic import write_json
 from ferhpo.config import Budget, TrainConfig, model_config_from_dict
 from ferhpo.errors import ConfigError, StoreError
 
-#: user attribute of a confirm study: where its configurations came from
-CONFIRM_ATTR = "ferhpo.confirm"
+CONFIRM_ATTR = store.CONFIRM_ATTR
 
 
 @dataclass(frozen=True)

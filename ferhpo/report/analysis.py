@@ -427,8 +427,15 @@ def time_breakdown(runs: list[Run]) -> dict[str, Any] | None:
 
 
 def compute_used(data: StudyData) -> dict[str, Any]:
-    """Time and epochs the study's runs used, and what pruning saved."""
+    """Time and epochs the study's runs used, and what pruning saved.
+
+    A confirm study counts the runs it trained (candidates and reference), not those
+    copied from the source studies: their time was spent, and is reported, there."""
     runs = data.ranked
+    copied = 0
+    if data.confirm is not None:
+        copied = sum(1 for r in data.runs if r.record.search.get("copied_from"))
+        runs = [r for r in data.runs if not r.record.search.get("copied_from")]
     epochs = sum(r.record.epochs_run for r in runs)
     without = sum(r.max_epochs for r in runs)
     pruned = [r for r in runs if r.status == "pruned"]
@@ -449,6 +456,7 @@ def compute_used(data: StudyData) -> dict[str, Any]:
         "grid_points": grid,
         "grid_epochs": grid * max_epochs if grid and max_epochs else None,
         "time": time_breakdown(runs),
+        "copied": copied,
     }
 
 
@@ -812,12 +820,22 @@ def _summary(c: Content, best_ref: Reference | None, defaults: dict[str, Any]) -
         parts.append(f"budget {budget}")
     if first:
         parts.append(f"protocol {first.protocol}")
-    lines.append(
-        f"Study {d.name} ({what}; {', '.join(parts)}): {k['runs'] + len(d.failures)} run(s), "
-        f"{k['complete']} complete, {k['pruned']} pruned, {k['failed']} failed"
-        + (f"; {d.running} still running, so this report is a snapshot" if d.running else "")
-        + "."
-    )
+    if d.confirm is not None:
+        cf = d.confirm
+        parts = [p for p in parts if p.startswith(("budget", "protocol"))]
+        lines.append(
+            f"Study {d.name} (a confirmation of study {cf.get('source')}: its top {len(cf.get('top') or [])} "
+            f"({', '.join(cf.get('top') or [])}) and the reference {cf.get('reference')} of {cf.get('baseline_study')}, "
+            f"{cf.get('seeds')} seeds each; {', '.join(parts)}): {len(d.runs)} run(s), {k['copied']} copied from the "
+            f"source studies (their seed-0 runs), {k['runs']} trained here ({k['complete']} complete, {k['failed']} failed)."
+        )
+    else:
+        lines.append(
+            f"Study {d.name} ({what}; {', '.join(parts)}): {k['runs'] + len(d.failures)} run(s), "
+            f"{k['complete']} complete, {k['pruned']} pruned, {k['failed']} failed"
+            + (f"; {d.running} still running, so this report is a snapshot" if d.running else "")
+            + "."
+        )
     best = c.best
     if best is None:
         lines.append("No run has completed yet, so there is no best trial to compare.")

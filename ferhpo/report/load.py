@@ -80,6 +80,7 @@ class StudyData:
     baseline_study: str | None  # where reproduced baselines came from (may be this study)
     baselines: list[Run] = field(default_factory=list)  # complete baseline runs, any study
     ensembles: list[dict[str, Any]] = field(default_factory=list)  # `ferhpo ensemble` summaries, oldest first
+    confirm: dict[str, Any] | None = None  # what a `ferhpo confirm` study confirms (source, top, reference, seeds)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -229,6 +230,7 @@ def load_study(
         directions=[d.name.lower() for d in study.directions],
         pareto=list(pareto) if isinstance(pareto, list) else None,
         baseline_study=None,
+        confirm=study.user_attrs.get(store.CONFIRM_ATTR) if isinstance(study.user_attrs.get(store.CONFIRM_ATTR), dict) else None,
         ensembles=sorted(
             (e for e in (study.user_attrs.get(store.ENSEMBLES_ATTR) or {}).values() if isinstance(e, dict)),
             key=lambda e: str(e.get("created", "")),
