@@ -49,8 +49,10 @@ def test_version():
     assert result.returncode == 0 and result.stdout.startswith("ferhpo ")
 
 
-def test_every_command_is_in_the_table():
-    assert [c.name for c in COMMANDS] == ["data", "baseline", "search", "report", "status", "bench"]
+def test_every_command_is_in_the_table_with_a_module_of_its_own():
+    names = ["data", "baseline", "search", "report", "status", "confirm", "ensemble", "export", "predict", "bench"]
+    assert [c.name for c in COMMANDS] == names
+    assert [c.run.__module__ for c in COMMANDS] == [f"ferhpo.cli.{name}" for name in names]
 
 
 # --------------------------------------------------------------------------- data summary
