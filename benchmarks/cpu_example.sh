@@ -18,15 +18,7 @@ TRIALS=${CPU_EXAMPLE_TRIALS:-12}
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
 
-step() {  # step NAME COMMAND...: run it, log its output and its wall time
-    local name=$1 start end
-    shift
-    echo "== $name: $*" | tee -a "$LOG"
-    start=$(date +%s)
-    "$@" 2>&1 | tee -a "$LOG"
-    end=$(date +%s)
-    echo "== $name took $((end - start)) s" | tee -a "$LOG"
-}
+source benchmarks/step.sh
 
 begin=$(date +%s)
 echo "== started $(date -u +%FT%TZ) on $(nproc) cores; ferhpo $(python -c 'import ferhpo; print(ferhpo.__version__)')" | tee -a "$LOG"

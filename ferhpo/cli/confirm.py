@@ -66,7 +66,8 @@ def _run(args: argparse.Namespace) -> int:
         f"{args.seeds} seed(s) each into study {name!r}: {len(items)} run(s)",
         file=out,
     )
-    todo = [i for i in items if i.reuse is None and (args.force or store_missing(study, i))]
+    finished = {r.run_key for r in store.records(study, states=("complete",))}  # one read, not one per run
+    todo = [i for i in items if i.reuse is None and (args.force or i.key not in finished)]
     progress = _Progress(total_epochs=sum(i.train.epochs for i in todo), runs=len(todo), out=out)
     results = []
 
@@ -99,12 +100,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
-
-
-def store_missing(study, item) -> bool:
-    from ferhpo import runs
-
-    return runs.find_finished(study, item.key) is None
 
 
 COMMAND = Command("confirm", "retrain a study's top configurations and its reference with several seeds", _arguments, _run)

@@ -277,7 +277,8 @@ def seed_groups(
     bar: list[Run] = []
     if reference is not None:
         bar = groups.get(seed_key(reference.record), [reference])
-    bar_predictions = [stats.load_predictions(p) if (p := r.artifact("test_predictions")) else None for r in bar]
+    matrix_b = stats.correct_matrix([stats.load_predictions(p) if (p := r.artifact("test_predictions")) else None
+                                     for r in bar])
     out, member = [], {}
     for members in groups.values():
         if len(members) < 2:
@@ -306,7 +307,6 @@ def seed_groups(
             why = incomparable(members[0].record, bar[0].record)
             matrix_a = stats.correct_matrix([stats.load_predictions(p) if (p := m.artifact("test_predictions")) else None
                                              for m in members])
-            matrix_b = stats.correct_matrix(bar_predictions)
             if why is not None:
                 group["reason"] = f"not tested against {bar[0].name}: {why}"
             elif matrix_a is None or matrix_b is None:
