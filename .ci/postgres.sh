@@ -2,7 +2,8 @@
 #
 #   source .ci/postgres.sh
 #   ci_postgres_start   # installs PostgreSQL when missing, starts a server on 127.0.0.1,
-#                       # creates a database, exports FERHPO_TEST_POSTGRES (its URL)
+#                       # creates a database, exports FERHPO_TEST_POSTGRES (its URL) and
+#                       # FERHPO_TEST_POSTGRES_CTL (a script that stops / starts it)
 #   ci_postgres_stop    # stops the server and removes its folder (safe to call twice)
 #
 # The server's data, socket and log live in one temp dir ($CI_POSTGRES_DIR), owned by
@@ -45,11 +46,24 @@ ci_postgres_start() {
     fi
     _ci_pg_as_owner "$bin/initdb" -D "$CI_POSTGRES_DIR/data" -A trust -U postgres -E UTF8 --no-locale >/dev/null
     # Durability is pointless for a server that lives for one test run.
-    _ci_pg_as_owner "$bin/pg_ctl" start -w -t 60 -D "$CI_POSTGRES_DIR/data" -l "$CI_POSTGRES_DIR/server.log" \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $CI_POSTGRES_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-        >/dev/null || { cat "$CI_POSTGRES_DIR/server.log" >&2; return 1; }
+    # `ctl stop` / `ctl start`: the outage tests (tests/test_outage.py) stop the server
+    # (a fast shutdown, as a restart or a crash looks to its clients) and start it again.
+    local owner=""
+    if [ "$(id -u)" = 0 ]; then owner="runuser -u postgres --"; fi
+    {
+        echo '#!/usr/bin/env bash'
+        echo 'set -euo pipefail'
+        echo 'case "${1:-}" in'
+        echo "    stop) $owner '$bin/pg_ctl' stop -w -m fast -D '$CI_POSTGRES_DIR/data' >/dev/null ;;"
+        echo "    start) $owner '$bin/pg_ctl' start -w -t 60 -D '$CI_POSTGRES_DIR/data' -l '$CI_POSTGRES_DIR/server.log' -o '-c listen_addresses=127.0.0.1 -p $port -k $CI_POSTGRES_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off' >/dev/null ;;"
+        echo '    *) echo "usage: $0 stop|start" >&2; exit 2 ;;'
+        echo 'esac'
+    } > "$CI_POSTGRES_DIR/ctl"
+    chmod 755 "$CI_POSTGRES_DIR/ctl"
+    "$CI_POSTGRES_DIR/ctl" start || { cat "$CI_POSTGRES_DIR/server.log" >&2; return 1; }
     _ci_pg_as_owner "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres "$db"
     export FERHPO_TEST_POSTGRES="postgresql://postgres@127.0.0.1:$port/$db"
+    export FERHPO_TEST_POSTGRES_CTL="$CI_POSTGRES_DIR/ctl"
     echo "ci: PostgreSQL $("$bin/pg_ctl" --version | awk '{print $3}') at $FERHPO_TEST_POSTGRES"
 }
 

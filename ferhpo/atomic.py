@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,3 +55,35 @@ def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
+
+
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder `tmp` to `out`, replacing an earlier folder there
+    (which comes back if the swap fails)."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.absolute().parent, prefix=f".{out.name}.old-"))
+    os.rmdir(old)  # a fresh free name for the old folder
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)  # put the earlier folder back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder to fill; it replaces the folder `path` when the block
+    succeeds, and is removed when it fails."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's folder is the owner's only
+    try:
+        yield tmp
+        swap_into_place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -39,3 +39,22 @@ class WorkerError(FerhpoError):
     exit code 1; the study itself is intact and a rerun continues it."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a scheduler preempting the job, `kill`): stop the way Ctrl-C
+    does, keep what finished, and exit with 143 (128 + SIGTERM)."""
+
+    exit_code = 143
+
+
+def raise_terminated_on_sigterm() -> None:
+    """From now on, SIGTERM raises `Terminated` in the main thread, once (a second
+    SIGTERM while stopping is ignored: the first one is being handled)."""
+    import signal
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)

@@ -33,3 +33,17 @@ def point(name: str) -> None:
     if role == "trial":
         os.kill(os.getppid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+FSIZE_ENV = "FERHPO_FAULT_FSIZE"
+
+
+def limit_file_size() -> None:
+    """``FERHPO_FAULT_FSIZE=BYTES``: in a trial process, no file may grow past BYTES, so
+    writing the results fails (EFBIG) as on a full disk, without filling one."""
+    raw = os.environ.get(FSIZE_ENV)
+    if not raw or os.environ.get(ROLE) != "trial":
+        return
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(raw), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))

@@ -23,7 +23,7 @@ the model is built and compiled by `ferhpo.training.build_training_model` (the
 recipe's optimizer, label smoothing and precision), as every run's is. ``fit`` adds
 the recipe's batch size and learning-rate schedule (`ferhpo.training.schedule_callbacks`).
 
-``mixup`` uses `ferhpo.training.MixupFeed`, as `ferhpo.training.fit` does, when ``x``
+``mixup`` uses `ferhpo.training.TrainFeed`, as `ferhpo.training.fit` does, when ``x``
 and ``y`` are arrays (a trial with mixup on and a dataset ``x`` fails with a clear
 message). Not applied here: ``tta_hflip``, which belongs to `ferhpo.training.fit`'s
 final evaluation, while a tuner scores a HyperModel by Keras' own validation
@@ -45,7 +45,7 @@ import keras_tuner
 import numpy as np
 
 from ferhpo.spaces import Space, declare_keras_tuner, load_space
-from ferhpo.training import MixupFeed, build_training_model, schedule_callbacks
+from ferhpo.training import TrainFeed, build_training_model, schedule_callbacks
 
 __all__ = ["NOT_APPLIED", "SpaceHyperModel", "DenseNetHyperModel", "ResNetHyperModel"]
 
@@ -136,7 +136,7 @@ class SpaceHyperModel(keras_tuner.HyperModel):
                     f"mixup (mixup={train.mixup}) needs arrays x and y, but got x of type "
                     f"{type(x).__name__}; pass arrays, or a space without mixup"
                 )
-            feed = MixupFeed(
+            feed = TrainFeed(
                 np.asarray(x),
                 np.asarray(y),
                 batch_size=kwargs.pop("batch_size", train.batch_size),

@@ -112,6 +112,9 @@ def train_run(
     hyperparameters: dict | None = None,
     search=None,
     phases: PhaseClock | None = None,
+    checkpoint_every: int | None = None,
+    resume: Path | None = None,
+    on_resume=None,
 ) -> store.RunRecord:
     """Train `model` with `train` (already `budgeted`) on `budget`'s splits; write its artifacts.
 
@@ -123,7 +126,8 @@ def train_run(
     On any exception the artifacts written so far are removed (other files in the
     folder, such as a trial's spec and log, stay): a failed run leaves no results.
     `phases` times the run from its start (a fresh clock: from now); the record keeps
-    its summary, taken just before `record.json` is written.
+    its summary, taken just before `record.json` is written. `checkpoint_every`,
+    `resume` and `on_resume` go to `training.fit` (resume checkpoints in `folder`/resume).
     """
     from ferhpo import training  # keras loads here, not when the CLI starts
 
@@ -143,6 +147,10 @@ def train_run(
             evaluate_test=evaluate_test,
             verbose=verbose,
             phases=phases,
+            checkpoint_every=checkpoint_every,
+            resume_dir=folder / store.RESUME_DIR,
+            resume=resume,
+            on_resume=on_resume,
         )
         with phases.phase("write"):
             artifacts = _write_artifacts(folder, name=name, budget=budget, protocol=protocol, data=data, splits=splits, result=result)
@@ -180,6 +188,7 @@ def train_run(
             phases=phases.summary(),
         )
         write_json(folder / "record.json", record.to_dict())
+        shutil.rmtree(folder / store.RESUME_DIR, ignore_errors=True)  # finished: nothing left to resume
     except BaseException:
         for artifact in ARTIFACTS:
             (folder / artifact).unlink(missing_ok=True)

@@ -110,7 +110,8 @@ HEARTBEAT_SECONDS = 10
 GRACE_FACTOR = 3
 SURPLUS_ATTR = "ferhpo.surplus"  # a trial started by a race past --trials; never counted
 ERROR_ATTR = "ferhpo.error"  # why a trial failed (its own failure, not a killed worker)
-INTERRUPTED_ATTR = "ferhpo.interrupted"  # stopped by Ctrl-C; retried by the next run
+INTERRUPTED_ATTR = "ferhpo.interrupted"  # stopped by Ctrl-C, SIGTERM or a full disk; retried
+DISK_FULL_ATTR = "ferhpo.disk_full"  # why a trial could not write its results (its retry is queued)
 CONFIRM_ATTR = "ferhpo.confirm"  # study attribute of `ferhpo confirm`: source, top, reference, seeds
 ENSEMBLES_ATTR = "ferhpo.ensembles"  # study attribute: {name: summary} of `ferhpo ensemble` results
 
@@ -129,12 +130,16 @@ def heartbeat_seconds() -> int:
     return value
 
 
-def open_storage(url: str | None = None, *, heartbeat: bool = False):
+def open_storage(url: str | None = None, *, heartbeat: bool = False, retry: float | None = None):
     """An Optuna RDB storage; StoreError (one line) when it cannot be opened.
 
     With `heartbeat`, running trials send heartbeats, and a trial whose worker died
     (no heartbeat for a grace period) is marked failed and re-queued with the same
     parameters (Optuna's RetryFailedTrialCallback) the next time any worker asks.
+    With `retry` (seconds), a database server's calls ride out an outage that long
+    (`ferhpo.outage`); commands that only read (report, status) fail at once instead.
+    Connections to a server are checked before use (pool_pre_ping), so one that the
+    server dropped while idle is replaced instead of failing the next call.
     """
     import optuna
     import sqlalchemy.exc
@@ -154,6 +159,10 @@ def open_storage(url: str | None = None, *, heartbeat: bool = False):
         engine_kwargs = {"connect_args": {"timeout": 60}}
     elif "://" not in url:
         raise StoreError(f"storage {url!r} is not a URL; expected e.g. sqlite:///studies/ferhpo.db or postgresql://user@host/db")
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+        if url.startswith("postgres"):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}  # a server that hangs counts as away
     beat = {}
     if heartbeat:
         interval = heartbeat_seconds()
@@ -165,6 +174,10 @@ def open_storage(url: str | None = None, *, heartbeat: bool = False):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if heartbeat and hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
                 beat["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
+            if retry is not None and not url.startswith("sqlite"):
+                from ferhpo.outage import RetryingRDBStorage
+
+                return RetryingRDBStorage(url, retry_window=retry, engine_kwargs=engine_kwargs, **beat)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -316,6 +329,10 @@ def failures(study) -> list[dict[str, Any]]:
         if counted(trial) and trial.user_attrs.get(ERROR_ATTR):
             out.append({"number": trial.number, "error": trial.user_attrs[ERROR_ATTR], "params": dict(trial.params)})
     return out
+
+
+#: A run's resume checkpoint (`ferhpo search --checkpoint-every`), in its folder until it finishes.
+RESUME_DIR = "resume"
 
 
 def run_dir(study_name: str, run: str, root: Path = STUDIES_DIR) -> Path:

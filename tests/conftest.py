@@ -108,3 +108,43 @@ def real_data() -> Path:
     if not (REAL_DATA / "train").is_dir():
         pytest.skip(f"the full FER2013 is not at {REAL_DATA} (set FERHPO_TEST_DATA to its folder)")
     return REAL_DATA
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    """70 training and 14 test images: enough for a holdout split with every class."""
+    return write_folder(tmp_path_factory.mktemp("fer") / "fer", tiny_items(per_class=10))
+
+
+def wait_for(condition, timeout: float = 180.0, step: float = 0.3) -> None:
+    """Poll `condition` until it holds (an exception counts as not yet); AssertionError after `timeout`."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if condition():
+                return
+        except Exception:
+            pass
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {getattr(condition, '__name__', 'a condition')}")
+
+
+def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start the real `ferhpo` command in a session of its own: only what a test signals gets a signal."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ferhpo", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})}, start_new_session=True,
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    """Its output once it exits; the whole session is killed if it has not within `timeout`."""
+    import signal
+
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

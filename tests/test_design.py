@@ -30,7 +30,9 @@ ALLOWED = {
     "data.py": {"numpy", "PIL", "platformdirs", "ferhpo.errors", "ferhpo.atomic"},
     "models": {"keras", "ferhpo.config", "ferhpo.errors", "ferhpo.models"},
     "training.py": {"keras", "numpy", "ferhpo.config", "ferhpo.data", "ferhpo.models", "ferhpo.atomic", "ferhpo.errors", "ferhpo.phases"},
-    "store.py": {"optuna", "sqlalchemy", "ferhpo.errors"},
+    # store opens a retrying storage for the search's workers (ferhpo.outage: tenacity)
+    "store.py": {"optuna", "sqlalchemy", "ferhpo.errors", "ferhpo.outage"},
+    "outage.py": {"optuna", "sqlalchemy", "tenacity", "ferhpo.errors"},
     # config is stdlib-only (the reported references); optuna rebuilds trials for importance (store uses it anyway)
     "report": {"numpy", "pandas", "matplotlib", "optuna", "ferhpo.store", "ferhpo.atomic", "ferhpo.errors", "ferhpo.config", "ferhpo.report", "ferhpo.phases"},
     "runs.py": {"numpy", "ferhpo.store", "ferhpo.atomic", "ferhpo.config", "ferhpo.data", "ferhpo.report", "ferhpo.training", "ferhpo.phases"},
@@ -52,7 +54,7 @@ ALLOWED = {
         "optuna", "keras_tuner", "numpy", "keras",
         "ferhpo.spaces", "ferhpo.training", "ferhpo.store", "ferhpo.runs", "ferhpo.config", "ferhpo.data",
         "ferhpo.errors", "ferhpo.atomic", "ferhpo.engines", "ferhpo.faults", "ferhpo.report", "ferhpo.phases",
-        "ferhpo.progress", "ferhpo.status", "ferhpo.tensorboard_logs",
+        "ferhpo.progress", "ferhpo.status", "ferhpo.tensorboard_logs", "ferhpo.outage",
     },
 }
 

@@ -22,17 +22,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import run_cli, tiny_items, write_folder
+from conftest import run_cli
 from ferhpo import store
 from test_search import TINY_SPACE
 
 POSTGRES_ENV = "FERHPO_TEST_POSTGRES"
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    """70 training and 14 test images (as in tests/test_search.py)."""
-    return write_folder(tmp_path_factory.mktemp("fer") / "fer", tiny_items(per_class=10))
 
 
 @pytest.fixture

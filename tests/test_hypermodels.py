@@ -124,12 +124,12 @@ def test_fit_takes_one_hot_labels_an_explicit_batch_size_and_mixup(tiny_space, m
 
     feeds = []
 
-    class SpyFeed(hypermodels.MixupFeed):
+    class SpyFeed(hypermodels.TrainFeed):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             feeds.append(self)
 
-    monkeypatch.setattr(hypermodels, "MixupFeed", SpyFeed)
+    monkeypatch.setattr(hypermodels, "TrainFeed", SpyFeed)
     hypermodel = SpaceHyperModel(tiny_space)
     hp = keras_tuner.HyperParameters()
     model = hypermodel.build(hp)

@@ -13,7 +13,7 @@ from ferhpo.data import CLASSES, load_fer2013, make_splits
 from ferhpo.errors import ConfigError, TrainingError
 from ferhpo.models import build_model
 from ferhpo.training import (
-    MixupFeed,
+    TrainFeed,
     classification_metrics,
     fit,
     predict_proba,
@@ -275,7 +275,7 @@ def _feed_inputs(n=37, seed=0):
 
 def test_mixup_feed_mixes_images_and_labels():
     images, labels = _feed_inputs()
-    feed = MixupFeed(images, labels, batch_size=8, alpha=0.4, epochs=2, seed=5)
+    feed = TrainFeed(images, labels, batch_size=8, alpha=0.4, epochs=2, seed=5)
     assert feed.steps_per_epoch == 5 and len(feed) == 10
     sizes = []
     for i in range(len(feed)):
@@ -292,19 +292,34 @@ def test_mixup_feed_mixes_images_and_labels():
     first, second = feed._epoch_order(0), feed._epoch_order(1)
     assert sorted(first) == sorted(second) == list(range(len(images))) and list(first) != list(second)
     # A batch depends only on its index: another feed (or a prefetch) sees the same data.
-    again = MixupFeed(images, labels, batch_size=8, alpha=0.4, epochs=2, seed=5)
+    again = TrainFeed(images, labels, batch_size=8, alpha=0.4, epochs=2, seed=5)
     for i in (7, 0, 9):
         np.testing.assert_array_equal(again[i][0], feed[i][0])
         np.testing.assert_array_equal(again[i][1], feed[i][1])
-    other = MixupFeed(images, labels, batch_size=8, alpha=0.4, epochs=2, seed=6)
+    other = TrainFeed(images, labels, batch_size=8, alpha=0.4, epochs=2, seed=6)
     assert not np.array_equal(other[0][0], feed[0][0])
     with pytest.raises(IndexError):
         feed[len(feed)]
 
 
+def test_without_mixup_the_feed_shuffles_whole_images_and_a_resumed_run_sees_the_same_batches():
+    images, labels = _feed_inputs()
+    feed = TrainFeed(images, labels, batch_size=8, alpha=0.0, epochs=3, seed=5)
+    for epoch in range(3):
+        batches = [feed[epoch * feed.steps_per_epoch + s] for s in range(feed.steps_per_epoch)]
+        x = np.concatenate([b[0] for b in batches])
+        order = feed._epoch_order(epoch)
+        np.testing.assert_array_equal(x, images[order])  # every image once, unmixed
+        np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), labels[order])
+    resumed = TrainFeed(images, labels, batch_size=8, alpha=0.0, epochs=3, seed=5, first_epoch=1)
+    assert len(resumed) == 2 * feed.steps_per_epoch
+    for i in range(len(resumed)):
+        np.testing.assert_array_equal(resumed[i][0], feed[feed.steps_per_epoch + i][0])
+
+
 def test_mixup_with_an_image_mixed_with_itself_is_the_image():
     images, labels = _feed_inputs(n=1)
-    x, y = MixupFeed(images, labels, batch_size=4, alpha=1.0, epochs=1, seed=0)[0]
+    x, y = TrainFeed(images, labels, batch_size=4, alpha=1.0, epochs=1, seed=0)[0]
     np.testing.assert_array_equal(x, images)
     np.testing.assert_array_equal(y, labels)
 

@@ -138,6 +138,17 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def estimate_lines(name: str, per_epoch: float, epochs: int, runs: int, workers: int, accelerator, *, what: str,
                     total_epochs: int | None = None) -> list[str]:
     """The up-front estimate, from measured time: one run of `epochs` epochs, and `runs`

@@ -14,6 +14,7 @@ from ferhpo.cli.common import (
     add_data_options,
     import_keras,
     load_data,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -86,6 +87,21 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         metavar="GB",
         help="cap each trial process's memory (address space) on CPU machines: a model that does not fit fails "
         "as its trial, out of memory, and the study goes on (default: no cap; not for GPU backends)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        metavar="N",
+        help="save a resume checkpoint every N epochs: a trial stopped by SIGTERM (preemption) or a killed "
+        "worker resumes from its last checkpoint when it is retried (default: no checkpoints; retries start over)",
+    )
+    p.add_argument(
+        "--storage-retry",
+        type=non_negative_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long workers ride out a database outage, retrying with backoff, before they stop with exit "
+        "code 1 (default 600; the study keeps everything, a rerun continues)",
     )
     p.add_argument(
         "--tensorboard",
@@ -178,10 +194,14 @@ def _search_run(args: argparse.Namespace) -> int:
         trial_memory_gb=args.trial_memory,
         precision=args.precision,
         tensorboard=tensorboard,
+        storage_retry=args.storage_retry,
+        checkpoint_every=args.checkpoint_every,
     )
     quiet_optuna()
     from ferhpo.engines.runner import prepare_study
+    from ferhpo.errors import raise_terminated_on_sigterm
 
+    raise_terminated_on_sigterm()  # a scheduler's preemption stops the search like Ctrl-C
     study = prepare_study(settings)  # a bad storage or a clashing study fails here, before any output
     live = _LiveLine(objectives[0], args.workers)
     what = "Hyperband tuner" if sampler == "hyperband" and args.engine == "keras-tuner" else f"sampler {sampler}, pruner {pruner}"
@@ -192,8 +212,13 @@ def _search_run(args: argparse.Namespace) -> int:
         flush=True,
     )
     if args.engine == "optuna":
+        from ferhpo.engines.optuna_engine import adopt_finished
         from ferhpo.engines.runner import run_optuna
 
+        adopted = adopt_finished(study, settings)
+        if adopted:
+            print(f"search: entered {len(adopted)} trial(s) that finished while the storage was away: "
+                  f"{', '.join(f'trial {n}' for n in adopted)}", flush=True)
         outcome = run_optuna(settings, study, live.update)
     else:
         import_keras()  # KerasTuner loads Keras: keep the backend's start-up log quiet
@@ -204,12 +229,15 @@ def _search_run(args: argparse.Namespace) -> int:
     c = outcome.counts
     kept = f"complete {c['complete']}, pruned {c['pruned']}, failed {c['failed']}"
     if outcome.interrupted:
+        how = "stopped by SIGTERM" if outcome.terminated else "interrupted"
+        resume = " from its last checkpoint" if args.checkpoint_every else ""
         print(
-            f"{PROG}: interrupted; study '{study_name}' keeps {c['done']} finished trial(s) ({kept}); a trial "
-            f"that was running is retried when you rerun the same command",
+            f"{PROG}: {how}; study '{study_name}' keeps {c['done']} finished trial(s) ({kept}); a trial "
+            f"that was running is re-queued with the same parameters and retried{resume} when you rerun the "
+            f"same command (or by another worker of the study)",
             file=sys.stderr,
         )
-        return 130
+        return 143 if outcome.terminated else 130
     _print_top(study, settings)
     from ferhpo.progress import clock
 
@@ -247,6 +275,10 @@ class _LiveLine:
             f"trials {c['done']}/{p.wanted} (complete {c['complete']}, pruned {c['pruned']}, failed {c['failed']}), "
             f"running {c['running']}, best {self.objective} {best}, elapsed {clock(p.elapsed)}"
         )
+        if p.storage_down_since is not None:
+            from ferhpo.outage import clock as at
+
+            line += f", STORAGE UNREACHABLE since {at(p.storage_down_since)} (the workers wait for it)"
         status = p.status
         if status is None:
             return [line]
@@ -272,7 +304,7 @@ class _LiveLine:
         notes = self._estimate(p)
         block = self.lines(p)
         running = () if p.status is None else tuple((r.number, r.epoch, r.stale) for r in p.status.running)
-        key = (tuple(sorted(p.counts.items())), running)
+        key = (tuple(sorted(p.counts.items())), running, p.storage_down_since)
         now = time.monotonic()
         if self.interactive:
             import shutil

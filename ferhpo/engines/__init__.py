@@ -51,6 +51,8 @@ class SearchSettings:
     trial_memory_gb: float | None = None  # address-space cap of each trial process (CPU)
     precision: str | None = None  # overrides the space's TrainConfig.precision when set
     tensorboard: str | None = None  # a folder for each trial's TensorBoard curves (absolute)
+    storage_retry: float = 600.0  # seconds a worker rides out a storage outage (ferhpo.outage)
+    checkpoint_every: int | None = None  # epochs between a trial's resume checkpoints
     extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self, train, *, epochs: int):

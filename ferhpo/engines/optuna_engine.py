@@ -32,8 +32,9 @@ from ferhpo import faults, store
 from ferhpo.atomic import write_json
 from ferhpo.config import TrainConfig, model_config_to_dict
 from ferhpo.engines import SearchSettings
-from ferhpo.engines.trial import SPEC, run_process, trial_env
-from ferhpo.errors import ConfigError, FerhpoError
+from ferhpo.engines.trial import RECORD, SPEC, run_process, trial_env
+from ferhpo.errors import ConfigError, FerhpoError, StoreError, Terminated, raise_terminated_on_sigterm
+from ferhpo.outage import StorageUnavailable
 from ferhpo.progress import PROGRESS_ATTR
 from ferhpo.store import counts
 from ferhpo.spaces import Space, load_space, suggest_optuna
@@ -42,6 +43,10 @@ POLL_SECONDS = 2.0
 #: The worker's resident memory (kB) when a trial ended: it must stay flat over a long
 #: search, since every trial trains in a process of its own.
 WORKER_RSS_ATTR = "ferhpo.worker_rss_kb"
+#: The folder of a trial's attempt, so that a retry finds the resume checkpoint it left.
+FOLDER_ATTR = "ferhpo.folder"
+#: Set on a trial re-queued after SIGTERM: the folder whose checkpoint it resumes from.
+RESUME_ATTR = "ferhpo.resume_from"
 
 
 def _rss_kb() -> int | None:
@@ -58,6 +63,17 @@ def _rss_kb() -> int | None:
 
 class TrialFailed(Exception):
     """A trial failed by itself (reason in the trial's ERROR_ATTR); the study goes on."""
+
+
+class DiskFull(StoreError):
+    """A trial could not write its results: the disk (or the quota) is full. The worker
+    stops (exit 1) rather than fail every next trial the same way."""
+
+    exit_code = 1
+
+
+class TrialLostError(Exception):
+    """This worker's trial was ended by another worker meanwhile (taken for dead)."""
 
 
 class SurplusTrial(Exception):
@@ -188,7 +204,7 @@ class Worker:
         self.deadline = deadline
         self.space = load_space(settings.space_path)
         self.budget = settings.budget_obj()
-        self.storage = store.open_storage(settings.storage, heartbeat=True)
+        self.storage = store.open_storage(settings.storage, heartbeat=True, retry=settings.storage_retry)
         existing = len(optuna.load_study(study_name=settings.study, storage=self.storage).get_trials(deepcopy=False))
         # Different seeds per worker and per resumption: equal seeds would replay the
         # same random draws (TPE's start-up trials, the random sampler) as duplicates.
@@ -199,19 +215,45 @@ class Worker:
             sampler=make_sampler(settings.sampler, self.space, seed, study_seed=settings.seed),
             pruner=make_pruner(settings.pruner, settings.max_epochs),
         )
-        self.interrupted_params: dict | None = None
+        self.interrupted: tuple[dict, Path] | None = None  # a stopped trial's parameters and folder
+        self.finished: tuple[int, Path] | None = None  # a trial whose record awaits the storage
+        self.lost: tuple[int, Path] | None = None  # a trial another worker failed as stale meanwhile
 
     # ----------------------------------------------------------------- the loop
 
     def run(self) -> int:
         try:
             while self._should_start():
-                self.study.optimize(self._objective, n_trials=1, catch=(TrialFailed, SurplusTrial), gc_after_trial=False)
-        except KeyboardInterrupt:
-            if self.interrupted_params is not None:
-                # The next run redoes the interrupted trial with the same parameters.
-                self.study.enqueue_trial(self.interrupted_params, skip_if_exists=False)
-            return 130
+                try:
+                    self.study.optimize(self._objective, n_trials=1, catch=(TrialFailed, SurplusTrial), gc_after_trial=False)
+                    self.finished = None  # told: in the study now
+                except ValueError:  # Optuna: "Cannot tell a FAIL trial"
+                    if self.lost is None:
+                        raise
+                    number, folder = self.lost
+                    print(f"trial {number} was taken for dead by another worker and retried there; "
+                          f"this attempt's result is dropped", flush=True)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    self.lost = None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+            if self.interrupted is not None:
+                # The next run (or another worker) redoes the trial with the same parameters,
+                # from its resume checkpoint when it left one.
+                params, folder = self.interrupted
+                attrs = {RESUME_ATTR: str(folder)} if (folder / store.RESUME_DIR).is_dir() else {}
+                self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+            return 143 if isinstance(exc, Terminated) else 130
+        except Exception as exc:
+            # Optuna's own clean-up after a failed `tell` can raise on top of the outage
+            # (UnboundLocalError in optuna.study._optimize): the outage is in the chain.
+            gone = _in_chain(exc, StorageUnavailable)
+            if gone is None:
+                raise
+            kept = ""
+            if self.finished is not None:
+                number, folder = self.finished
+                kept = f"; trial {number} finished and its record is kept in {folder / RECORD}: it enters the study on the next run"
+            raise StorageUnavailable(f"{gone}{kept}; the study keeps its finished trials, rerun the same command once the storage is back") from None
         return 0
 
     def _should_start(self) -> bool:
@@ -236,11 +278,14 @@ class Worker:
     def _objective(self, trial: optuna.trial.Trial):
         s = self.settings
         mine = trial.number
-        # A retry of a dead worker's trial inherits that trial's user attributes
-        # (Optuna copies them): what the dead attempt stored is not this attempt's.
-        for attr in (store.RECORD_ATTR, store.ERROR_ATTR, store.INTERRUPTED_ATTR, WORKER_RSS_ATTR, PROGRESS_ATTR, "run", "kind"):
+        # A retry inherits the user attributes of the trial it repeats (Optuna copies them):
+        # what that attempt stored is not this attempt's, except where it left a checkpoint.
+        resume = trial.user_attrs.get(RESUME_ATTR)
+        for attr in (store.RECORD_ATTR, store.ERROR_ATTR, store.INTERRUPTED_ATTR, WORKER_RSS_ATTR, PROGRESS_ATTR,
+                     RESUME_ATTR, FOLDER_ATTR, "run", "kind"):  # fmt: skip
             if trial.user_attrs.get(attr) is not None:
                 trial.set_user_attr(attr, None)
+        resume = resume or trial.user_attrs.get(FOLDER_ATTR)  # a killed worker's attempt
         before = [t for t in self.study.get_trials(deepcopy=False) if t.number < mine and _alive(t)]
         if len(before) >= s.trials:
             trial.set_user_attr(store.SURPLUS_ATTR, True)
@@ -255,19 +300,34 @@ class Worker:
 
         name = f"trial-{mine}"
         folder = store.run_dir(s.study, f"{name}-{uuid.uuid4().hex[:8]}", Path(s.study_dir))
-        spec = trial_spec(s, name=name, folder=folder, model=model, train=train, values=values, trial=trial)
+        previous = Path(resume) if resume and (Path(resume) / store.RESUME_DIR).is_dir() else None
+        spec = trial_spec(s, name=name, folder=folder, model=model, train=train, values=values, trial=trial, resume=previous)
         write_json(folder / SPEC, spec)
+        trial.set_user_attr(FOLDER_ATTR, str(folder))
         try:
             outcome = run_process(folder, env=trial_env(s.workers), preexec_fn=trial_preexec(s.trial_memory_gb))
         except KeyboardInterrupt:
             trial.set_user_attr(store.INTERRUPTED_ATTR, True)
-            self.interrupted_params = dict(trial.params)
-            shutil.rmtree(folder, ignore_errors=True)  # a partial run is not kept
+            self.interrupted = (dict(trial.params), folder)
+            _drop_partial(folder)
             raise
+        if previous is not None and outcome.record is not None:
+            shutil.rmtree(previous, ignore_errors=True)  # resumed and finished: the old attempt is spent
+        if outcome.disk_full:
+            trial.set_user_attr(store.INTERRUPTED_ATTR, True)  # not the configuration's fault: retried
+            trial.set_user_attr(store.DISK_FULL_ATTR, outcome.error)
+            self.study.enqueue_trial(dict(trial.params), skip_if_exists=False)
+            raise DiskFull(f"trial {mine} failed: {outcome.error}; it is re-queued with the same parameters: free "
+                           f"space under {folder.parent} and rerun the same command")
         if outcome.error is not None:
             return self._fail(trial, outcome.error)
 
+        self.finished = (mine, folder)
+        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+            self.lost, self.finished = (mine, folder), None  # no heartbeat reached the storage for too long
+            raise TrialLostError(f"trial {mine} was failed as stale while it ran")
         record = outcome.record
+        _report_missing(trial, self.study, record)
         trial.set_user_attr(store.RECORD_ATTR, record)
         trial.set_user_attr("run", record["run"])
         trial.set_user_attr("kind", record["kind"])
@@ -285,6 +345,79 @@ class Worker:
         raise TrialFailed(reason)
 
 
+def _in_chain(exc: BaseException | None, kind: type[BaseException]):
+    """The first exception of type `kind` among `exc` and those it arose from."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _drop_partial(folder: Path) -> None:
+    """An interrupted attempt's folder: its resume checkpoint (and spec and log) stay for
+    the retry; without one, the partial run is not kept."""
+    if (folder / store.RESUME_DIR).is_dir():
+        from ferhpo.runs import ARTIFACTS
+
+        for artifact in ARTIFACTS:
+            (folder / artifact).unlink(missing_ok=True)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _report_missing(trial, study, record: dict) -> None:
+    """Report the epochs' values the trial process could not (the storage was away, or
+    the epochs before a resume), so the pruner and the curves see the whole trial."""
+    if len(study.directions) > 1:
+        return  # Optuna keeps no curves for two objectives
+    curve = record["search"].get("objective_curve") or []
+    frozen = study._storage.get_trial(trial._trial_id)
+    for step, value in enumerate(curve, 1):
+        if step not in frozen.intermediate_values and value == value:
+            trial.report(value, step)
+
+
+def adopt_finished(study, settings: SearchSettings) -> list[int]:
+    """Enter the trials whose process finished but whose worker could not tell the storage
+    (it stopped during an outage): their records on disk complete their trials.
+
+    Called before a search's workers start, so no worker of this machine is telling
+    them; a trial that another machine ends meanwhile is left to it. Returns the
+    trial numbers entered.
+    """
+    import json
+
+    running = {t._trial_id: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    adopted = []
+    for spec_path in sorted(store.run_dir(settings.study, "", Path(settings.study_dir)).glob(f"trial-*/{SPEC}")):
+        folder = spec_path.parent
+        try:
+            spec = json.loads(spec_path.read_text())
+            record = json.loads((folder / RECORD).read_text())
+        except (OSError, ValueError):
+            continue
+        frozen = running.get(spec.get("trial_id"))
+        if frozen is None or record.get("status") not in ("complete", "pruned"):
+            continue
+        trial = optuna.trial.Trial(study, frozen._trial_id)
+        try:
+            _report_missing(trial, study, record)
+            for key, value in ((store.RECORD_ATTR, record), ("run", record["run"]), ("kind", record["kind"])):
+                trial.set_user_attr(key, value)
+            if record["status"] == "pruned":
+                study.tell(frozen.number, state=optuna.trial.TrialState.PRUNED)
+            else:
+                value = objective_value(record, settings.objectives[0])
+                study.tell(frozen.number, [value, float(record["params"])] if settings.multi_objective else value)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
+            continue  # ended elsewhere meanwhile
+        adopted.append(frozen.number)
+    return adopted
+
+
 def objective_value(record: dict, objective: str) -> float:
     """The trial's value: the best per-epoch validation objective (what the pruner saw)."""
     curve = record["search"].get("objective_curve") or []
@@ -294,9 +427,13 @@ def objective_value(record: dict, objective: str) -> float:
     return float(record["best_val_accuracy"]) if objective == "val_accuracy" else float(record["evaluation"]["val"][objective])
 
 
-def trial_spec(s: SearchSettings, *, name: str, folder: Path, model, train: TrainConfig, values: dict, trial=None) -> dict:
+def trial_spec(
+    s: SearchSettings, *, name: str, folder: Path, model, train: TrainConfig, values: dict, trial=None, resume: Path | None = None
+) -> dict:
     """Everything a trial process needs, as plain data (written to its spec.json)."""
     return {
+        "checkpoint_every": s.checkpoint_every,
+        "resume_from": str(resume) if resume is not None else None,
         "study": s.study,
         "storage": s.storage if trial is not None else None,
         "trial_id": trial._trial_id if trial is not None else None,
@@ -330,8 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = SearchSettings.from_json(Path(argv[0]).read_text())
     deadline = float(argv[2]) if len(argv) > 2 and argv[2] != "none" else None
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    raise_terminated_on_sigterm()
     try:
         return Worker(settings, int(argv[1]), deadline).run()
+    except Terminated:
+        return 143
     except KeyboardInterrupt:
         return 130
     except FerhpoError as exc:

@@ -21,7 +21,8 @@ from ferhpo import faults, store
 from ferhpo.atomic import write_json
 from ferhpo.engines import SETTINGS_ATTR, SearchSettings, check_resume, study_dir
 from ferhpo.engines.optuna_engine import _die_with_parent
-from ferhpo.errors import FerhpoError, WorkerError
+from ferhpo.errors import FerhpoError, Terminated, WorkerError
+from ferhpo.outage import unreachable
 from ferhpo.progress import WANTED_ATTR
 from ferhpo.status import StudyStatus, snapshot
 
@@ -36,6 +37,7 @@ class Progress:
     best: float | None
     elapsed: float
     status: StudyStatus | None = None
+    storage_down_since: float | None = None  # the storage did not answer (an outage) since then
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,14 @@ class SearchOutcome:
     interrupted: bool
     counts: dict[str, int]
     elapsed: float
+    terminated: bool = False  # by SIGTERM (this command, or one of its workers): exit 143
 
 
 def prepare_study(settings: SearchSettings):
-    """Create the study, or check that an existing one was started with these settings."""
+    """Create the study, or check that an existing one was started with these settings.
+
+    A storage that cannot be reached now fails at once, with one line: never reached, it
+    is more likely a wrong URL than an outage (the workers ride out those)."""
     study = store.open_study(settings.study, settings.storage, directions=settings.directions)
     saved = study.user_attrs.get(SETTINGS_ATTR)
     if saved is None and study.get_trials(deepcopy=False):
@@ -75,6 +81,9 @@ def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress]
     folder = study_dir(settings)
     settings_path = folder / "search-settings.json"
     write_json(settings_path, dataclasses.asdict(settings))
+    # The live line reads through a storage of its own that never waits: during an outage
+    # it says so, while the workers wait.
+    watched = store.open_study(settings.study, settings.storage, create=False)
     start = time.time()
     deadline = "none" if settings.timeout is None else repr(start + settings.timeout)
     env = {**os.environ, faults.ROLE: "worker"}
@@ -93,38 +102,69 @@ def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress]
                     preexec_fn=_die_with_parent,
                 )
             )
-    interrupted = False
+    interrupted = terminated = False
+    last = None
     try:
         while any(w.poll() is None for w in workers):
-            on_progress(watch(study, settings, start))  # the live line decides what to show
+            last = _watch(watched, settings, start, last)
+            on_progress(last)  # the live line decides what to show
             time.sleep(1.0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         interrupted = True
+        if isinstance(exc, Terminated):
+            # SIGTERM reached this process only (Kubernetes signals the container's first
+            # process): pass it on; each worker re-queues its trial and exits with 143.
+            terminated = True
+            for w in workers:
+                if w.poll() is None:
+                    w.send_signal(signal.SIGTERM)
         # Ctrl-C reached the workers too; give them time to end their trials cleanly.
         for w in workers:
             try:
-                w.wait(timeout=60)
+                w.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 w.kill()
                 w.wait()
     codes = [w.wait() for w in workers]
-    last = watch(study, settings, start)
+    last = _watch(watched, settings, start, last)
     on_progress(last)
-    if not interrupted:
-        for index, (code, log_path) in enumerate(zip(codes, logs)):
-            if code == 130:
-                interrupted = True
-            elif code != 0:
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
-                line = tail[0] if tail else ""
-                if line.startswith("ferhpo: error: "):
-                    raise FerhpoError(line[len("ferhpo: error: ") :])
-                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-                raise WorkerError(
+    failures = []
+    for index, (code, log_path) in enumerate(zip(codes, logs)):
+        if code in (130, 143):
+            interrupted = True
+            terminated = terminated or code == 143
+        elif code != 0 and not interrupted:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+            line = tail[0] if tail else ""
+            if line.startswith("ferhpo: error: "):
+                error = FerhpoError(line[len("ferhpo: error: ") :])
+                error.exit_code = code  # a storage outage or a full disk: 1; the user's input: 2
+                failures.append(error)
+                continue
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            failures.append(
+                WorkerError(
                     f"search worker {index} {how}; the study keeps its finished trials and retries the one that "
                     f"worker was running: rerun the same command (worker log: {log_path})"
                 )
-    return SearchOutcome(interrupted, last.counts, time.time() - start)
+            )
+    if failures and not interrupted:
+        raise failures[0]
+    return SearchOutcome(interrupted, last.counts, time.time() - start, terminated)
+
+
+def _watch(study, settings: SearchSettings, start: float, last: Progress | None) -> Progress:
+    """`watch`, or during an outage the last snapshot, marked with the outage's start."""
+    try:
+        return watch(study, settings, start)
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        since = (last.storage_down_since if last is not None else None) or time.time()
+        if last is None:
+            zero = dict.fromkeys(("complete", "pruned", "failed", "running", "waiting", "done"), 0)
+            return Progress(zero, settings.trials, None, time.time() - start, storage_down_since=since)
+        return dataclasses.replace(last, elapsed=time.time() - start, storage_down_since=since)
 
 
 def top_records(study, settings: SearchSettings, k: int = 5) -> list[store.RunRecord]:

@@ -14,8 +14,10 @@ exits.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +28,7 @@ from typing import Any
 from ferhpo import faults
 from ferhpo.atomic import write_json
 from ferhpo.config import thread_env, usable_cores
-from ferhpo.errors import FerhpoError
+from ferhpo.errors import FerhpoError, Terminated, raise_terminated_on_sigterm
 from ferhpo.phases import SPAWNED_AT, PhaseClock
 
 SPEC = "spec.json"
@@ -42,6 +44,7 @@ class Outcome:
     record: dict[str, Any] | None
     error: str | None
     seconds: float
+    disk_full: bool = False  # the error is a full disk (or quota), not the configuration's
 
 
 def _tail(path: Path, lines: int = 1) -> str:
@@ -71,7 +74,7 @@ def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=N
     """Run the trial whose spec lies in `folder` in a fresh Python process; wait for it.
 
     KeyboardInterrupt propagates after the child has exited (Ctrl-C reaches the whole
-    process group, so the child stops too).
+    process group, so the child stops too; SIGTERM, `Terminated`, is passed on to it).
     """
     start = time.perf_counter()
     with open(folder / LOG, "wb") as log:
@@ -84,10 +87,12 @@ def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=N
         )
         try:
             code = child.wait()
-        except BaseException:
+        except BaseException as exc:
             # Ctrl-C or the worker being stopped: never leave an orphan training.
+            if isinstance(exc, Terminated):
+                child.send_signal(signal.SIGTERM)
             try:
-                child.wait(timeout=30)
+                child.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
@@ -97,10 +102,9 @@ def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=N
     if code == 0 and record_path.is_file():
         return Outcome(json.loads(record_path.read_text()), None, seconds)
     if failure_path.is_file():
-        return Outcome(None, json.loads(failure_path.read_text())["error"], seconds)
+        failure = json.loads(failure_path.read_text())
+        return Outcome(None, failure["error"], seconds, bool(failure.get("disk_full")))
     if code < 0:
-        import signal
-
         name = signal.Signals(-code).name
         hint = " (the system's out-of-memory killer?)" if name == "SIGKILL" else ""
         reason = f"the trial process was killed by {name}{hint}"
@@ -127,29 +131,51 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
     from ferhpo.progress import PROGRESS_ATTR, UPDATE_SECONDS, RunProgress
     from ferhpo.training import classification_metrics
 
+    from ferhpo.outage import StorageUnavailable
+
     objective = spec["objective"]
     epochs = spec["train"]["epochs"]
-    report = trial_id is not None and not spec.get("multi_objective", False)
+    report = study is not None and trial_id is not None and not spec.get("multi_objective", False)
     trial = None
-    if trial_id is not None:
+    if study is not None and trial_id is not None:
         import optuna
 
-        trial = optuna.trial.Trial(study, trial_id)
+        try:
+            trial = optuna.trial.Trial(study, trial_id)
+        except StorageUnavailable:
+            report = False  # train on without the storage; the worker enters the curve
     progress = RunProgress(epochs=epochs, accelerator=_has_accelerator())
     phases = PhaseClock() if phases is None else phases
+
+    def reach(call):
+        """`call()` against the storage; None when it is away (training goes on: no
+        pruning decision then, and the worker reports the missed values afterwards)."""
+        with phases.phase("storage"):
+            try:
+                return call()
+            except StorageUnavailable:
+                return None
 
     def publish() -> None:
         if trial is not None:
             progress.updated = time.time()
-            with phases.phase("storage"):
-                trial.set_user_attr(PROGRESS_ATTR, progress.to_dict())
+            reach(lambda: trial.set_user_attr(PROGRESS_ATTR, progress.to_dict()))
 
     class Objective(keras.callbacks.Callback):
         """Keeps the per-epoch objective in the logs (and so in the history)."""
 
         pruned = False
         pruned_at = 0
+        resumed_at = 0
         values: list[float] = []
+
+        def restore(self, epoch: int, logs: list[dict]) -> None:
+            """Resumed after `epoch` epochs: their objective values, from their logs."""
+            key = objective if objective.startswith("val_") else f"val_{objective}"  # val_accuracy, val_macro_f1
+            self.resumed_at = epoch
+            self.values = [float(entry.get(key, float("nan"))) for entry in logs[:epoch]]
+            for value in self.values:
+                progress.end_epoch(value if value == value else None)
 
         def on_epoch_begin(self, epoch, logs=None):
             progress.begin_epoch()
@@ -174,12 +200,13 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
             publish()
             if not report:
                 return
-            with phases.phase("storage"):
+            def report_and_ask():
                 trial.report(value, epoch + 1)
                 faults.point("trial-reported")
                 # After the last epoch there is nothing left to save: the trial completes.
-                prune = epoch + 1 < epochs and trial.should_prune()
-            if prune:
+                return epoch + 1 < epochs and trial.should_prune()
+
+            if reach(report_and_ask):
                 self.pruned, self.pruned_at = True, epoch + 1
                 self.model.stop_training = True
 
@@ -223,13 +250,18 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
         from ferhpo import store
         from ferhpo.engines.optuna_engine import make_pruner
 
+        from ferhpo.outage import StorageUnavailable
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with phases.phase("storage"):
-            study = optuna.load_study(
-                study_name=spec["study"],
-                storage=store.open_storage(spec["storage"]),
-                pruner=make_pruner(spec["search"]["pruner"], train.epochs),
-            )
+            try:  # the trial trains on if the storage is away: its worker waits for it
+                study = optuna.load_study(
+                    study_name=spec["study"],
+                    storage=store.open_storage(spec["storage"], retry=0),
+                    pruner=make_pruner(spec["search"]["pruner"], train.epochs),
+                )
+            except StorageUnavailable:
+                study = None
 
     with phases.phase("data"):
         splits = runs.budget_splits(data, spec["protocol"], budget, train.seed)
@@ -240,6 +272,12 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
         from ferhpo.tensorboard_logs import callback as tensorboard
 
         extra.append(tensorboard(spec["tensorboard"], spec["name"], spec["hyperparameters"]))
+    resume = None
+    if spec.get("resume_from"):
+        from ferhpo.store import RESUME_DIR
+
+        candidate = Path(spec["resume_from"]) / RESUME_DIR
+        resume = candidate if candidate.is_dir() else None
     record = runs.train_run(
         study_name=spec["study"],
         name=spec["name"],
@@ -259,8 +297,12 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
             "objective": spec["objective"],
             "objective_curve": callback.values,
             "pruned_at_epoch": callback.pruned_at or None,
+            **({"resumed_at_epoch": callback.resumed_at} if callback.resumed_at else {}),
         },
         phases=phases,
+        checkpoint_every=spec.get("checkpoint_every"),
+        resume=resume,
+        on_resume=callback.restore,
     )
     return record.to_dict()
 
@@ -272,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(spec_path.read_text())
     folder = Path(spec["folder"])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    raise_terminated_on_sigterm()
+    # Writing past a file-size limit should fail the write (EFBIG), not kill the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    faults.limit_file_size()
     try:
         import logging
 
@@ -281,25 +327,56 @@ def main(argv: list[str] | None = None) -> int:
         phases.mark_startup()
         run_trial(spec, phases=phases)
         return 0
+    except Terminated:
+        return 143
     except KeyboardInterrupt:
         return 130
     except FerhpoError as exc:
-        error = str(exc)
+        return _failed(folder, str(exc))
     except MemoryError:
-        error = "out of memory (MemoryError) while training"
+        return _failed(folder, "out of memory (MemoryError) while training")
     except Exception as exc:  # the study goes on; the reason is kept with the trial
         import traceback
 
-        traceback.print_exc()
+        try:
+            traceback.print_exc()
+        except OSError:  # the log's disk is full too: the failure file says why
+            pass
         text = str(exc).strip().splitlines()
         kind = type(exc).__name__
         if "OOM" in kind or "ResourceExhausted" in kind or "out of memory" in str(exc).lower():
-            error = f"out of memory: {text[0] if text else kind}"
-        else:
-            error = f"{kind}: {text[0] if text else ''}".rstrip(": ")
+            return _failed(folder, f"out of memory: {text[0] if text else kind}")
+        if _disk_full(exc):
+            # Written while the failed file's writer is still referenced: HDF5 can crash
+            # when it lets go of a file it could not write, so leave before that.
+            _failed(folder, f"disk full while writing the trial's results: {(text[0] if text else kind)[:160]}", True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+        return _failed(folder, f"{kind}: {text[0] if text else ''}".rstrip(": "))
+
+
+def _failed(folder: Path, error: str, disk_full: bool = False) -> int:
+    """Leave why the trial failed (`failure.json`) for its worker; the exit code."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / FAILURE, {"error": error})
+    write_json(folder / FAILURE, {"error": error, "disk_full": disk_full})
     return 1
+
+
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_FULL_WORDS = ("no space left", "file too large", "disk quota", "errno = 27", "errno = 28", "errno = 122")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or its cause) is a write that failed for want of space: ENOSPC, a
+    quota, or a file-size limit (h5py words these in its own message)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return True
+        if any(word in str(exc).lower() for word in _FULL_WORDS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ferhpo import store
+from ferhpo.atomic import swap_into_place
 from ferhpo.errors import ConfigError, FerhpoError
 
 __all__ = ["FORMATS", "ReportResult", "build_report", "default_out"]
@@ -150,7 +151,7 @@ def build_report(
             (tmp / FORMATS[name]).write_text(text, encoding="utf-8")
             written.append(FORMATS[name])
         (tmp / MARKER).write_text(json.dumps({"study": study, "generated": generated}) + "\n", encoding="utf-8")
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in created:  # deepest first: only folders this call created, and only if empty
@@ -180,17 +181,3 @@ def _missing_parents(folder: Path) -> list[Path]:
     return missing
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to `out`, replacing an earlier report there."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(dir=out.absolute().parent, prefix=f".{out.name}.old-"))
-    os.rmdir(old)  # a fresh free name for the old report
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)  # put the earlier report back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
