@@ -16,14 +16,14 @@ import pytest
 
 from conftest import REPO
 
-# Both families and both ResNet versions through a training step, a whole fit with its
-# evaluation, and seeded repeatability. The larger builder options compile for 10-25 s
-# each on XLA's CPU backend (3.5 min for all of them, measured) and use the same layers.
+# Both families through a training step (a DenseNet and a ResNet v2), and a whole fit of
+# a ResNet v1 with its evaluation, then its seeded repeat. On XLA's CPU backend every
+# model and batch shape compiles anew, for 5-25 s each: all builder options and both
+# families' fits took 3.5 min (measured), for the same layers.
 SELECTION = [
-    *(f"tests/test_models.py::test_builder_option_trains_one_step[{option}]"
-      for option in ("densenet-tiny", "densenet-gap", "densenet-no-bottleneck", "resnet-v2-gap-no-l2", "resnet-v2-11")),
+    *(f"tests/test_models.py::test_builder_option_trains_one_step[{option}]" for option in ("densenet-tiny", "resnet-v2-gap-no-l2")),
     "tests/test_training.py::test_fit_records_curves_restores_best_and_evaluates[resnet]",
-    "tests/test_training.py::test_fit_is_repeatable_with_a_seed",
+    "tests/test_training.py::test_fit_is_repeatable_with_a_seed[resnet]",
 ]
 
 
