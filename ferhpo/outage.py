@@ -130,7 +130,7 @@ def call(fn, url: str, window: float):
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(unreachable),
         stop=give_up,
-        wait=tenacity.wait_exponential_jitter(initial=0.5, max=MAX_WAIT),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=MAX_WAIT) + tenacity.wait_random(0, 1),
         reraise=True,
     )
     try:

@@ -102,7 +102,7 @@ def search_and_check(workdir: Path, data: Path, *, workers: int, trials: int, st
 
 
 def test_three_workers_on_postgresql(postgres_url, small_data, workdir):
-    search_and_check(workdir, small_data, workers=3, trials=6, storage=postgres_url)
+    search_and_check(workdir, small_data, workers=3, trials=3, storage=postgres_url)
 
 
 def test_two_workers_on_sqlite(small_data, workdir):

@@ -10,6 +10,7 @@ signals every process of the job, which the handlers take as one stop.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 from pathlib import Path
@@ -67,7 +68,16 @@ def training_trials(workdir: Path, study: str, epochs: int) -> list:
 def test_sigterm_requeues_the_trial_and_the_rerun_resumes_it_from_its_checkpoint(small_data, workdir):
     args = search_args(small_data, "p", "--trials", "1", "--checkpoint-every", "2")
     proc = start_cli(*args, cwd=workdir)
-    wait_for(lambda: training_trials(workdir, "p", 3))
+
+    def checkpointed_twice() -> bool:  # a file check: polling the SQLite storage competes with the trial for it
+        states = list((workdir / "studies" / "p").glob(f"trial-*/{store.RESUME_DIR}/state.json"))
+        return bool(states) and json.loads(states[0].read_text())["epoch"] >= 4
+
+    try:
+        wait_for(checkpointed_twice)
+    except AssertionError:
+        out, err = finish(proc, timeout=1)
+        raise AssertionError(f"no trial checkpointed twice:\n{out}\n{err}") from None
     proc.send_signal(signal.SIGTERM)  # to the command only, as Kubernetes does
     out, err = finish(proc)
     assert proc.returncode == 143, err
@@ -81,11 +91,8 @@ def test_sigterm_requeues_the_trial_and_the_rerun_resumes_it_from_its_checkpoint
     queued = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
     assert len(queued) == 1 and queued[0].system_attrs["fixed_params"] == stopped[0].params
     old = Path(queued[0].user_attrs[RESUME_ATTR])
-    state = (old / store.RESUME_DIR / "state.json").read_text()
-    import json
-
-    checkpointed = json.loads(state)["epoch"]
-    assert checkpointed >= 2 and checkpointed % 2 == 0
+    checkpointed = json.loads((old / store.RESUME_DIR / "state.json").read_text())["epoch"]
+    assert checkpointed >= 4 and checkpointed % 2 == 0
     assert not (old / "record.json").exists() and not (old / "best.weights.h5").exists()
 
     again = run_cli(*args, cwd=workdir)
