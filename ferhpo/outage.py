@@ -27,9 +27,6 @@ import tenacity
 
 from ferhpo.errors import StoreError
 
-#: Environment variable with the retry window in seconds (the search's --storage-retry).
-RETRY_ENV = "FERHPO_STORAGE_RETRY"
-DEFAULT_WINDOW = 600.0
 #: Longest wait between two attempts: a storage that is back is seen within this.
 MAX_WAIT = 10.0
 
@@ -209,18 +206,3 @@ _beat = RetryingRDBStorage.record_heartbeat
 RetryingRDBStorage.record_heartbeat = _record_heartbeat
 _stale = _retried("_get_stale_trial_ids")
 
-
-def retry_window(raw: str | None = None) -> float:
-    """The retry window: `raw` (or $FERHPO_STORAGE_RETRY) in seconds, else the default."""
-    import os
-
-    raw = os.environ.get(RETRY_ENV) if raw is None else raw
-    if raw is None or raw == "":
-        return DEFAULT_WINDOW
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise StoreError(f"{RETRY_ENV} must be a number of seconds >= 0, but got {raw!r}")
-    return value
