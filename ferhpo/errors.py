@@ -58,3 +58,12 @@ def raise_terminated_on_sigterm() -> None:
         raise Terminated()
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def chain(exc: BaseException | None):
+    """`exc` and the exceptions it arose from (``__cause__``, else ``__context__``), each once."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__

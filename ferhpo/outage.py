@@ -25,7 +25,7 @@ import time
 import optuna
 import tenacity
 
-from ferhpo.errors import StoreError
+from ferhpo.errors import StoreError, chain
 
 #: Longest wait between two attempts: a storage that is back is seen within this.
 MAX_WAIT = 10.0
@@ -81,9 +81,7 @@ def unreachable(exc: BaseException) -> bool:
     """
     import sqlalchemy.exc
 
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
+    for exc in chain(exc):
         if isinstance(exc, StorageUnavailable):
             return False
         if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError)):
@@ -92,7 +90,6 @@ def unreachable(exc: BaseException) -> bool:
             return True
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return True
-        exc = exc.__cause__ or exc.__context__
     return False
 
 

@@ -33,7 +33,7 @@ from ferhpo.atomic import write_json
 from ferhpo.config import TrainConfig, model_config_to_dict
 from ferhpo.engines import SearchSettings
 from ferhpo.engines.trial import RECORD, SPEC, run_process, trial_env
-from ferhpo.errors import ConfigError, FerhpoError, StoreError, Terminated, raise_terminated_on_sigterm
+from ferhpo.errors import ConfigError, FerhpoError, StoreError, Terminated, chain, raise_terminated_on_sigterm
 from ferhpo.outage import StorageUnavailable
 from ferhpo.progress import PROGRESS_ATTR
 from ferhpo.store import counts
@@ -246,7 +246,7 @@ class Worker:
         except Exception as exc:
             # Optuna's own clean-up after a failed `tell` can raise on top of the outage
             # (UnboundLocalError in optuna.study._optimize): the outage is in the chain.
-            gone = _in_chain(exc, StorageUnavailable)
+            gone = next((e for e in chain(exc) if isinstance(e, StorageUnavailable)), None)
             if gone is None:
                 raise
             kept = ""
@@ -323,11 +323,12 @@ class Worker:
             return self._fail(trial, outcome.error)
 
         self.finished = (mine, folder)
-        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        if frozen.state.is_finished():
             self.lost, self.finished = (mine, folder), None  # no heartbeat reached the storage for too long
             raise TrialLostError(f"trial {mine} was failed as stale while it ran")
         record = outcome.record
-        _report_missing(trial, self.study, record)
+        _report_missing(trial, frozen, record)
         trial.set_user_attr(store.RECORD_ATTR, record)
         trial.set_user_attr("run", record["run"])
         trial.set_user_attr("kind", record["kind"])
@@ -345,17 +346,6 @@ class Worker:
         raise TrialFailed(reason)
 
 
-def _in_chain(exc: BaseException | None, kind: type[BaseException]):
-    """The first exception of type `kind` among `exc` and those it arose from."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def _drop_partial(folder: Path) -> None:
     """An interrupted attempt's folder: its resume checkpoint (and spec and log) stay for
     the retry; without one, the partial run is not kept."""
@@ -368,13 +358,13 @@ def _drop_partial(folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _report_missing(trial, study, record: dict) -> None:
+def _report_missing(trial, frozen, record: dict) -> None:
     """Report the epochs' values the trial process could not (the storage was away, or
-    the epochs before a resume), so the pruner and the curves see the whole trial."""
-    if len(study.directions) > 1:
+    the epochs before a resume), so the pruner and the curves see the whole trial;
+    `frozen` is the trial as the storage has it now."""
+    if len(trial.study.directions) > 1:
         return  # Optuna keeps no curves for two objectives
     curve = record["search"].get("objective_curve") or []
-    frozen = study._storage.get_trial(trial._trial_id)
     for step, value in enumerate(curve, 1):
         if step not in frozen.intermediate_values and value == value:
             trial.report(value, step)
@@ -404,7 +394,7 @@ def adopt_finished(study, settings: SearchSettings) -> list[int]:
             continue
         trial = optuna.trial.Trial(study, frozen._trial_id)
         try:
-            _report_missing(trial, study, record)
+            _report_missing(trial, frozen, record)
             for key, value in ((store.RECORD_ATTR, record), ("run", record["run"]), ("kind", record["kind"])):
                 trial.set_user_attr(key, value)
             if record["status"] == "pruned":

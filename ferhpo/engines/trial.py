@@ -28,7 +28,7 @@ from typing import Any
 from ferhpo import faults
 from ferhpo.atomic import write_json
 from ferhpo.config import thread_env, usable_cores
-from ferhpo.errors import FerhpoError, Terminated, raise_terminated_on_sigterm
+from ferhpo.errors import FerhpoError, Terminated, chain, raise_terminated_on_sigterm
 from ferhpo.phases import SPAWNED_AT, PhaseClock
 
 SPEC = "spec.json"
@@ -370,13 +370,10 @@ _FULL_WORDS = ("no space left", "file too large", "disk quota", "errno = 27", "e
 def _disk_full(exc: BaseException) -> bool:
     """Whether `exc` (or its cause) is a write that failed for want of space: ENOSPC, a
     quota, or a file-size limit (h5py words these in its own message)."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in _FULL:
-            return True
-        if any(word in str(exc).lower() for word in _FULL_WORDS):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(
+        (isinstance(e, OSError) and e.errno in _FULL) or any(word in str(e).lower() for word in _FULL_WORDS)
+        for e in chain(exc)
+    )
 
 
 if __name__ == "__main__":
