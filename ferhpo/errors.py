@@ -60,6 +60,16 @@ def raise_terminated_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """From now on, SIGUSR1 writes every thread's Python stack to stderr (the process's
+    log) and the process goes on: ``kill -USR1 PID`` shows where a stuck search waits."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):  # not on Windows
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def chain(exc: BaseException | None):
     """`exc` and the exceptions it arose from (``__cause__``, else ``__context__``), each once."""
     seen = set()

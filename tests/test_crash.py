@@ -67,6 +67,24 @@ def _check_files(folder: Path) -> None:
                 image.verify()
 
 
+def _run_or_dump(args, cwd: Path, *, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run the command; if it does not end in time, fail with where each of its processes
+    waits (SIGUSR1: `errors.dump_stacks_on_sigusr1`) and the tails of their logs."""
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(args, proc.returncode, out, "")
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGUSR1)
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        logs = sorted((cwd / "studies").rglob("*.log"), key=lambda p: p.stat().st_mtime)[-4:]
+        tails = "\n".join(f"--- {p}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-60:]) for p in logs)
+        pytest.fail(f"the command did not end in {timeout} s; its output (tail):\n{out[-6000:]}\n{tails}")
+
+
 def _complete(study) -> dict[str, str]:
     """Finished trials: run name -> run id, checking no name appears twice."""
     done = store.records(study, states=("complete", "pruned"))
@@ -122,8 +140,7 @@ def test_a_search_survives_ten_kills(tmp_path):
         finished = now
     assert kills >= KILLS - 2, f"only {kills} of {KILLS} runs were killed mid-way (seed {SEED})"
 
-    result = subprocess.run(args, cwd=tmp_path, env={**os.environ, "FERHPO_HEARTBEAT": "1"},
-                            capture_output=True, text=True, timeout=600)
+    result = _run_or_dump(args, tmp_path, env={**os.environ, "FERHPO_HEARTBEAT": "1"}, timeout=420)
     assert result.returncode == 0, result.stdout + result.stderr
     _check_files(tmp_path / "studies")
     study = load(tmp_path, "crash")
@@ -141,3 +158,35 @@ def test_a_search_survives_ten_kills(tmp_path):
         root = t.system_attrs.get("failed_trial", t.number)
         again = [r for r in retries if r.system_attrs["failed_trial"] == root and r.number > t.number]
         assert again and again[0].params == t.params, t.number
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_path, monkeypatch):
+    """A worker killed between creating its trial and the first heartbeat (the sampler
+    draws in between) leaves a running trial that Optuna's stale check never sees; the
+    next run must fail and retry it instead of waiting for it forever."""
+    from conftest import tiny_items, write_folder
+
+    from ferhpo.engines.optuna_engine import silent_after
+
+    data = write_folder(tmp_path / "fer", tiny_items(per_class=4))
+    (tmp_path / "tiny.toml").write_text(TINY_SPACE)
+    monkeypatch.setenv("FERHPO_HEARTBEAT", "1")
+    env = dict(os.environ)
+
+    def search(trials: int) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "ferhpo", "search", "--space", "tiny.toml", "--data", str(data), "--budget", "smoke",
+                "--max-epochs", "1", "--trials", str(trials), "--study", "silent", "--seed", "3"]  # fmt: skip
+        return _run_or_dump(args, tmp_path, env=env, timeout=300)
+
+    assert search(1).returncode == 0
+    study = load(tmp_path, "silent")
+    silent = study.ask()  # RUNNING, with no heartbeat ever: what such a killed worker leaves
+    assert search(2).returncode == 0
+
+    trials = load(tmp_path, "silent").get_trials()
+    assert trials[silent.number].state == optuna.trial.TrialState.FAIL
+    assert [t.system_attrs.get("failed_trial") for t in trials if t.number > silent.number] == [silent.number]
+    assert len([t for t in trials if store.counted(t)]) == 2
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+    started, ended = trials[silent.number].datetime_start, trials[silent.number].datetime_complete
+    assert (ended - started).total_seconds() >= silent_after()  # not a moment earlier

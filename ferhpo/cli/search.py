@@ -199,8 +199,9 @@ def _search_run(args: argparse.Namespace) -> int:
     )
     quiet_optuna()
     from ferhpo.engines.runner import prepare_study
-    from ferhpo.errors import raise_terminated_on_sigterm
+    from ferhpo.errors import dump_stacks_on_sigusr1, raise_terminated_on_sigterm
 
+    dump_stacks_on_sigusr1()
     raise_terminated_on_sigterm()  # a scheduler's preemption stops the search like Ctrl-C
     study = prepare_study(settings)  # a bad storage or a clashing study fails here, before any output
     live = _LiveLine(objectives[0], args.workers)

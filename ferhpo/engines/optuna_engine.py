@@ -33,7 +33,7 @@ from ferhpo.atomic import write_json
 from ferhpo.config import TrainConfig, model_config_to_dict
 from ferhpo.engines import SearchSettings
 from ferhpo.engines.trial import RECORD, SPEC, run_process, trial_env
-from ferhpo.errors import ConfigError, FerhpoError, StoreError, Terminated, chain, raise_terminated_on_sigterm
+from ferhpo.errors import ConfigError, FerhpoError, StoreError, Terminated, chain, dump_stacks_on_sigusr1, raise_terminated_on_sigterm
 from ferhpo.outage import StorageUnavailable
 from ferhpo.progress import PROGRESS_ATTR
 from ferhpo.store import counts
@@ -264,6 +264,7 @@ class Worker:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)
+            fail_silent_trials(self.study)
             c = counts(self.study)
             if c["done"] >= wanted:
                 return False
@@ -344,6 +345,49 @@ class Worker:
     def _fail(self, trial: optuna.trial.Trial, reason: str):
         trial.set_user_attr(store.ERROR_ATTR, reason)
         raise TrialFailed(reason)
+
+
+def silent_after() -> float:
+    """Seconds after its start at which a running trial that never sent a heartbeat is
+    taken for dead: a worker beats right after the sampler has drawn (Optuna's `ask`),
+    so this leaves the sampler time, and machines' clocks some disagreement."""
+    return 2 * store.GRACE_FACTOR * store.heartbeat_seconds() + 30.0
+
+
+def fail_silent_trials(study) -> list[int]:
+    """Fail (and re-queue, like Optuna's stale trials) the running trials that never sent
+    a heartbeat and started more than `silent_after()` ago; their numbers.
+
+    A worker killed between creating its trial and the first heartbeat (the sampler runs
+    in between) leaves a trial that Optuna's stale check never sees: it only looks at
+    trials with a heartbeat. Counted as running, such a trial would keep the study
+    waiting for it forever.
+    """
+    from datetime import datetime
+
+    from ferhpo.status import heartbeat_ages
+
+    storage = study._storage
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if not running or not isinstance(getattr(storage, "_backend", storage), optuna.storages.RDBStorage):
+        return []
+    beating = heartbeat_ages(storage, [t._trial_id for t in running])
+    now, limit = datetime.now(), silent_after()
+    failed = []
+    for t in running:
+        if t._trial_id in beating or t.datetime_start is None or (now - t.datetime_start).total_seconds() < limit:
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
+                failed.append(t)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # ended meanwhile (its worker was alive after all, or another worker failed it)
+    getter = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback  # Optuna < 5
+    callback = getter() if failed else None
+    for t in failed:
+        if callback is not None:
+            callback(study, storage.get_trial(t._trial_id))
+    return [t.number for t in failed]
 
 
 def _drop_partial(folder: Path) -> None:
@@ -457,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = SearchSettings.from_json(Path(argv[0]).read_text())
     deadline = float(argv[2]) if len(argv) > 2 and argv[2] != "none" else None
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    dump_stacks_on_sigusr1()
     raise_terminated_on_sigterm()
     try:
         return Worker(settings, int(argv[1]), deadline).run()

@@ -28,7 +28,7 @@ from typing import Any
 from ferhpo import faults
 from ferhpo.atomic import write_json
 from ferhpo.config import thread_env, usable_cores
-from ferhpo.errors import FerhpoError, Terminated, chain, raise_terminated_on_sigterm
+from ferhpo.errors import FerhpoError, Terminated, chain, dump_stacks_on_sigusr1, raise_terminated_on_sigterm
 from ferhpo.phases import SPAWNED_AT, PhaseClock
 
 SPEC = "spec.json"
@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(spec_path.read_text())
     folder = Path(spec["folder"])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    dump_stacks_on_sigusr1()
     raise_terminated_on_sigterm()
     # Writing past a file-size limit should fail the write (EFBIG), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
