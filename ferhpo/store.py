@@ -130,6 +130,14 @@ def heartbeat_seconds() -> int:
     return value
 
 
+def silent_after() -> float:
+    """Seconds after its start at which a running trial that never sent a heartbeat is
+    taken for dead: three grace periods (90 s by default). A worker beats right after
+    the sampler has drawn (Optuna's `ask`), so this leaves the sampler time, and the
+    machines' clocks some disagreement (the trial's start is its worker's clock)."""
+    return 3.0 * GRACE_FACTOR * heartbeat_seconds()
+
+
 def open_storage(url: str | None = None, *, heartbeat: bool = False, retry: float | None = None):
     """An Optuna RDB storage; StoreError (one line) when it cannot be opened.
 

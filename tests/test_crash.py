@@ -166,8 +166,6 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_pat
     next run must fail and retry it instead of waiting for it forever."""
     from conftest import tiny_items, write_folder
 
-    from ferhpo.engines.optuna_engine import silent_after
-
     data = write_folder(tmp_path / "fer", tiny_items(per_class=4))
     (tmp_path / "tiny.toml").write_text(TINY_SPACE)
     monkeypatch.setenv("FERHPO_HEARTBEAT", "1")
@@ -189,4 +187,4 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_pat
     assert len([t for t in trials if store.counted(t)]) == 2
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
     started, ended = trials[silent.number].datetime_start, trials[silent.number].datetime_complete
-    assert (ended - started).total_seconds() >= silent_after()  # not a moment earlier
+    assert (ended - started).total_seconds() >= store.silent_after()  # not a moment earlier

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import shutil
 import signal
 import sys
@@ -34,7 +35,7 @@ from ferhpo.config import TrainConfig, model_config_to_dict
 from ferhpo.engines import SearchSettings
 from ferhpo.engines.trial import RECORD, SPEC, run_process, trial_env
 from ferhpo.errors import ConfigError, FerhpoError, StoreError, Terminated, chain, dump_stacks_on_sigusr1, raise_terminated_on_sigterm
-from ferhpo.outage import StorageUnavailable
+from ferhpo.outage import RetryingRDBStorage, StorageUnavailable, call
 from ferhpo.progress import PROGRESS_ATTR
 from ferhpo.store import counts
 from ferhpo.spaces import Space, load_space, suggest_optuna
@@ -347,16 +348,9 @@ class Worker:
         raise TrialFailed(reason)
 
 
-def silent_after() -> float:
-    """Seconds after its start at which a running trial that never sent a heartbeat is
-    taken for dead: a worker beats right after the sampler has drawn (Optuna's `ask`),
-    so this leaves the sampler time, and machines' clocks some disagreement."""
-    return 2 * store.GRACE_FACTOR * store.heartbeat_seconds() + 30.0
-
-
 def fail_silent_trials(study) -> list[int]:
     """Fail (and re-queue, like Optuna's stale trials) the running trials that never sent
-    a heartbeat and started more than `silent_after()` ago; their numbers.
+    a heartbeat and started more than `store.silent_after()` ago; their numbers.
 
     A worker killed between creating its trial and the first heartbeat (the sampler runs
     in between) leaves a trial that Optuna's stale check never sees: it only looks at
@@ -368,11 +362,14 @@ def fail_silent_trials(study) -> list[int]:
     from ferhpo.status import heartbeat_ages
 
     storage = study._storage
+    backend = getattr(storage, "_backend", storage)
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    if not running or not isinstance(getattr(storage, "_backend", storage), optuna.storages.RDBStorage):
+    if not running or not isinstance(backend, optuna.storages.RDBStorage):
         return []
-    beating = heartbeat_ages(storage, [t._trial_id for t in running])
-    now, limit = datetime.now(), silent_after()
+    read = functools.partial(heartbeat_ages, storage, [t._trial_id for t in running])
+    # A direct read of the heartbeat table: through the outage's retries like every other call.
+    beating = call(read, backend.url, backend.retry_window) if isinstance(backend, RetryingRDBStorage) else read()
+    now, limit = datetime.now(), store.silent_after()
     failed = []
     for t in running:
         if t._trial_id in beating or t.datetime_start is None or (now - t.datetime_start).total_seconds() < limit:
