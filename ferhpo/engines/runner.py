@@ -155,6 +155,13 @@ def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress]
 
 def _watch(study, settings: SearchSettings, start: float, last: Progress | None) -> Progress:
     """`watch`, or during an outage the last snapshot, marked with the outage's start."""
+    import optuna
+
+    # When the server goes away mid-read, Optuna takes the error for a query too large,
+    # warns ("Caught an error from sqlalchemy ... Falling back") and tries again; the
+    # live line says what happened, on one line.
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         return watch(study, settings, start)
     except Exception as exc:
@@ -165,6 +172,8 @@ def _watch(study, settings: SearchSettings, start: float, last: Progress | None)
             zero = dict.fromkeys(("complete", "pruned", "failed", "running", "waiting", "done"), 0)
             return Progress(zero, settings.trials, None, time.time() - start, storage_down_since=since)
         return dataclasses.replace(last, elapsed=time.time() - start, storage_down_since=since)
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
 def top_records(study, settings: SearchSettings, k: int = 5) -> list[store.RunRecord]:
