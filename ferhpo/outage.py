@@ -167,11 +167,15 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
         self.retry_window = float(retry_window)
         call(functools.partial(super().__init__, url, **kwargs), url, self.retry_window)
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        # Right after an outage, running trials' heartbeats have not reached the storage for
-        # a while either: their workers get time to beat again before anyone calls them dead.
+    def just_recovered(self) -> bool:
+        """Whether the storage is away or came back too recently to take any trial for
+        dead: right after an outage, running trials' heartbeats have not reached the
+        storage for a while either; their workers get time to beat again."""
         grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
-        if OUTAGE.recently_recovered(2 * grace + MAX_WAIT):
+        return OUTAGE.recently_recovered(2 * grace + MAX_WAIT)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        if self.just_recovered():
             return []
         return _stale(self, study_id)
 

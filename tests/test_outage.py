@@ -186,16 +186,23 @@ def test_errors_that_are_not_outages_are_not_retried(fresh_outage):
 
 
 @pytest.mark.filterwarnings("ignore")  # Optuna: heartbeats are experimental, and meant for optimize()
-def test_no_trial_is_taken_for_dead_right_after_an_outage(fresh_outage, tmp_path):
+def test_no_trial_is_taken_for_dead_right_after_an_outage(fresh_outage, tmp_path, monkeypatch):
+    from ferhpo import store
+    from ferhpo.engines.optuna_engine import fail_silent_trials
+
+    monkeypatch.setattr(store, "silent_after", lambda: 1.0)
     storage = fresh_outage.RetryingRDBStorage(
         f"sqlite:///{tmp_path}/s.db", retry_window=5, heartbeat_interval=1, grace_period=1
     )
     study = optuna.create_study(storage=storage)
     trial = study.ask()
     storage.record_heartbeat(trial._trial_id)
-    time.sleep(2.5)  # the heartbeat is stale now
+    silent = study.ask()  # its first heartbeat may have been held up by the outage
+    time.sleep(2.5)  # the heartbeat is stale now, and the silent trial old enough
     fresh_outage.OUTAGE.failed("refused")
     fresh_outage.OUTAGE.answered()  # ... but the storage was away just now
     assert storage._get_stale_trial_ids(study._study_id) == []
+    assert fail_silent_trials(study) == []
     fresh_outage.OUTAGE.recovered_at -= 60
     assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+    assert fail_silent_trials(study) == [silent.number]

@@ -367,8 +367,12 @@ def fail_silent_trials(study) -> list[int]:
     if not running or not isinstance(backend, optuna.storages.RDBStorage):
         return []
     read = functools.partial(heartbeat_ages, storage, [t._trial_id for t in running])
-    # A direct read of the heartbeat table: through the outage's retries like every other call.
-    beating = call(read, backend.url, backend.retry_window) if isinstance(backend, RetryingRDBStorage) else read()
+    if isinstance(backend, RetryingRDBStorage):
+        if backend.just_recovered():  # a first heartbeat may still be on its way
+            return []
+        beating = call(read, backend.url, backend.retry_window)  # a direct read: retried like the others
+    else:
+        beating = read()
     now, limit = datetime.now(), store.silent_after()
     failed = []
     for t in running:
