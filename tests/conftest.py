@@ -139,12 +139,25 @@ def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Pope
     )  # fmt: skip
 
 
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
-    """Its output once it exits; the whole session is killed if it has not within `timeout`."""
+def finish(proc: subprocess.Popen, timeout: float = 300, *, logs: Path | None = None) -> tuple[str, str]:
+    """Its output once it exits. If it has not within `timeout`, its whole session is
+    killed, first asked (SIGUSR1, `errors.dump_stacks_on_sigusr1`) where each process
+    waits: stderr then ends with a line saying so and the tails of the newest logs
+    under `logs` (where workers and trials write their stacks), for the caller's
+    assertion on the exit code to show."""
     import signal
+    import time
 
     try:
         return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGUSR1)
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        newest = sorted(logs.rglob("*.log"), key=lambda p: p.stat().st_mtime)[-4:] if logs is not None else []
+        tails = "".join(f"\n--- {p}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-60:]) for p in newest)
+        return out, f"{err}\n[did not end within {timeout:g} s; killed]{tails}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

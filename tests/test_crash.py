@@ -67,24 +67,6 @@ def _check_files(folder: Path) -> None:
                 image.verify()
 
 
-def _run_or_dump(args, cwd: Path, *, env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """Run the command; if it does not end in time, fail with where each of its processes
-    waits (SIGUSR1: `errors.dump_stacks_on_sigusr1`) and the tails of their logs."""
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return subprocess.CompletedProcess(args, proc.returncode, out, "")
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGUSR1)
-        time.sleep(3)
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        logs = sorted((cwd / "studies").rglob("*.log"), key=lambda p: p.stat().st_mtime)[-4:]
-        tails = "\n".join(f"--- {p}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-60:]) for p in logs)
-        pytest.fail(f"the command did not end in {timeout} s; its output (tail):\n{out[-6000:]}\n{tails}")
-
-
 def _complete(study) -> dict[str, str]:
     """Finished trials: run name -> run id, checking no name appears twice."""
     done = store.records(study, states=("complete", "pruned"))
@@ -95,7 +77,7 @@ def _complete(study) -> dict[str, str]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kills and /proc are Linux-specific")
 def test_a_search_survives_ten_kills(tmp_path):
-    from conftest import tiny_items, write_folder
+    from conftest import finish, start_cli, tiny_items, write_folder
 
     data = write_folder(tmp_path / "fer", tiny_items(per_class=10))
     (tmp_path / "tiny.toml").write_text(TINY_SPACE)
@@ -140,8 +122,9 @@ def test_a_search_survives_ten_kills(tmp_path):
         finished = now
     assert kills >= KILLS - 2, f"only {kills} of {KILLS} runs were killed mid-way (seed {SEED})"
 
-    result = _run_or_dump(args, tmp_path, env={**os.environ, "FERHPO_HEARTBEAT": "1"}, timeout=420)
-    assert result.returncode == 0, result.stdout + result.stderr
+    proc = start_cli(*args[3:], cwd=tmp_path, env={"FERHPO_HEARTBEAT": "1"})
+    out, err = finish(proc, timeout=420, logs=tmp_path / "studies")
+    assert proc.returncode == 0, out + err
     _check_files(tmp_path / "studies")
     study = load(tmp_path, "crash")
     assert len([t for t in study.get_trials() if store.counted(t)]) == TRIALS
@@ -164,22 +147,22 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_pat
     """A worker killed between creating its trial and the first heartbeat (the sampler
     draws in between) leaves a running trial that Optuna's stale check never sees; the
     next run must fail and retry it instead of waiting for it forever."""
-    from conftest import tiny_items, write_folder
+    from conftest import finish, start_cli, tiny_items, write_folder
 
     data = write_folder(tmp_path / "fer", tiny_items(per_class=4))
     (tmp_path / "tiny.toml").write_text(TINY_SPACE)
     monkeypatch.setenv("FERHPO_HEARTBEAT", "1")
-    env = dict(os.environ)
 
-    def search(trials: int) -> subprocess.CompletedProcess:
-        args = [sys.executable, "-m", "ferhpo", "search", "--space", "tiny.toml", "--data", str(data), "--budget", "smoke",
-                "--max-epochs", "1", "--trials", str(trials), "--study", "silent", "--seed", "3"]  # fmt: skip
-        return _run_or_dump(args, tmp_path, env=env, timeout=300)
+    def search(trials: int) -> None:
+        proc = start_cli("search", "--space", "tiny.toml", "--data", str(data), "--budget", "smoke", "--max-epochs", "1",
+                         "--trials", str(trials), "--study", "silent", "--seed", "3", cwd=tmp_path)  # fmt: skip
+        out, err = finish(proc, logs=tmp_path / "studies")
+        assert proc.returncode == 0, out + err
 
-    assert search(1).returncode == 0
+    search(1)
     study = load(tmp_path, "silent")
     silent = study.ask()  # RUNNING, with no heartbeat ever: what such a killed worker leaves
-    assert search(2).returncode == 0
+    search(2)
 
     trials = load(tmp_path, "silent").get_trials()
     assert trials[silent.number].state == optuna.trial.TrialState.FAIL

@@ -384,9 +384,9 @@ def fail_silent_trials(study) -> list[int]:
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # ended meanwhile (its worker was alive after all, or another worker failed it)
     getter = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback  # Optuna < 5
-    callback = getter() if failed else None
-    for t in failed:
-        if callback is not None:
+    callback = getter()
+    if callback is not None:
+        for t in failed:
             callback(study, storage.get_trial(t._trial_id))
     return [t.number for t in failed]
 
