@@ -113,6 +113,34 @@ def training_model(core: keras.Model, train: TrainConfig) -> keras.Model:
     return keras.Model(inputs, core(x), name=core.name)
 
 
+#: Threads that read a run's input batches. With more than one, Keras feeds a PyDataset
+#: through its own ordered queue and turns tf.data's autotuning off for it. With
+#: autotuning on, freeing an input iterator (at the end of ``fit``, of every validation
+#: and of ``predict``) waited for the autotuning thread: up to 40 s at a time, 10% of a
+#: CPU-budget run (benchmarks/README.md, "Iterator stalls").
+FEED_WORKERS = 2
+
+
+class ArrayFeed(keras.utils.PyDataset):
+    """`images` (and `labels`) in their order, ``batch_size`` at a time: the input of
+    validation and prediction, fed like `TrainFeed` (see `FEED_WORKERS`)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, *, batch_size: int):
+        super().__init__(workers=FEED_WORKERS)
+        if not len(images) or (labels is not None and len(labels) != len(images)):
+            raise ValueError(f"ArrayFeed needs at least one image and as many labels, got {len(images)} and {None if labels is None else len(labels)}")
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"ArrayFeed has {len(self)} batches, got index {index}")
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.images[rows] if self.labels is None else (self.images[rows], self.labels[rows])
+
+
 class TrainFeed(keras.utils.PyDataset):
     """Training batches for every epoch of a run, optionally with mixup (Zhang et al. 2018).
 
@@ -127,13 +155,13 @@ class TrainFeed(keras.utils.PyDataset):
     steps_per_epoch + step`` and depends only on its index, so prefetching and Keras'
     spec probing cannot change what a run sees, and a run resumed at ``first_epoch``
     sees the batches the whole run would have. Pass ``steps_per_epoch`` to
-    ``model.fit`` with it.
+    ``model.fit`` with it. Read by `FEED_WORKERS` threads, in order.
     """
 
     def __init__(
         self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, alpha: float, epochs: int, seed: int, first_epoch: int = 0
     ):
-        super().__init__()
+        super().__init__(workers=FEED_WORKERS)
         if len(images) != len(labels) or not len(images):
             raise ValueError(f"TrainFeed needs as many labels as images (at least one), got {len(images)} and {len(labels)}")
         self.images = np.asarray(images)  # plain rows: positions here are not the dataset's indices
@@ -406,16 +434,21 @@ def load_resume(path: Path) -> dict:
     return state
 
 
+def predict(model: keras.Model, images: np.ndarray, *, batch_size: int, callbacks=None) -> np.ndarray:
+    """`model`'s outputs for NHWC `images` at inference, through an `ArrayFeed`."""
+    if not len(images):
+        return np.zeros((0, *model.output_shape[1:]), dtype="float32")
+    return model.predict(ArrayFeed(images, batch_size=batch_size), verbose=0, callbacks=callbacks)
+
+
 def predict_proba(
     model: keras.Model, images: np.ndarray, *, batch_size: int, hflip: bool = False, callbacks=None
 ) -> np.ndarray:
     """Class probabilities of NHWC `images` at inference; with `hflip`, the mean of each
     image's and its horizontal mirror's (test-time augmentation), in one predict call."""
     if not hflip:
-        return model.predict(images, batch_size=batch_size, verbose=0, callbacks=callbacks)
-    both = model.predict(
-        np.concatenate([images, images[:, :, ::-1]]), batch_size=batch_size, verbose=0, callbacks=callbacks
-    )
+        return predict(model, images, batch_size=batch_size, callbacks=callbacks)
+    both = predict(model, np.concatenate([images, images[:, :, ::-1]]), batch_size=batch_size, callbacks=callbacks)
     return (both[: len(images)] + both[len(images) :]) / 2
 
 
@@ -482,9 +515,10 @@ def fit(
 
     Test images are never used for training or for choosing the best epoch unless the
     protocol's validation split is (part of) the test set, as `splits.selection_sees`
-    says. Test predictions are made once, after training, with the best weights, and
-    only if `evaluate_test` is true; a callable is asked once, when training ends (a
-    pruned search trial answers False and never reads a test image). With
+    says. Validation and test predictions are made once, after training, with the best
+    weights, and only if `evaluate_test` is true; a callable is asked once, when training
+    ends (a pruned search trial answers False: it never reads a test image, and keeps
+    only its per-epoch validation, all its pruner saw). With
     ``train.tta_hflip`` the final evaluation averages each image's softmax with its
     mirror's. A NaN or infinite training loss raises TrainingError.
     A seed repeats a run exactly on JAX and PyTorch CPUs and for small TensorFlow
@@ -505,7 +539,7 @@ def fit(
         x = data.images[..., None]
         x_train, y_train = x[splits.train], _one_hot(data.labels[splits.train])
         # No validation split (the refit protocol): the last epoch's weights are kept.
-        validation_data = (x[splits.val], _one_hot(data.labels[splits.val])) if len(splits.val) else None
+        x_val, y_val = (x[splits.val], _one_hot(data.labels[splits.val])) if len(splits.val) else (None, None)
     recorder = _Recorder(Path(checkpoint) if checkpoint else None, phases)
     initial_epoch, resumed_logs = 0, []
     if resume is not None:
@@ -527,6 +561,7 @@ def fit(
     # Validation runs in inference mode: a larger batch than training's costs no accuracy
     # and, on a CPU, a third of the time of batch 32.
     validation_batch = max(256, train.batch_size)
+    validation_data = ArrayFeed(x_val, y_val, batch_size=validation_batch) if x_val is not None else None
     feed = TrainFeed(  # one feed for every epoch (not numpy arrays): see TrainFeed
         x_train,
         y_train,
@@ -542,7 +577,6 @@ def fit(
         initial_epoch=initial_epoch,
         steps_per_epoch=feed.steps_per_epoch,
         validation_data=validation_data,
-        validation_batch_size=validation_batch,
         shuffle=False,  # the feed shuffles, seeded
         callbacks=all_callbacks,
         verbose=verbose,
@@ -554,9 +588,9 @@ def fit(
 
     evaluation: dict[str, dict] = {}
     predictions = None
-    if epochs_run:
+    if epochs_run and evaluate_test:
         # One predict call for validation and test: one traced graph, not two.
-        test_idx = splits.test if evaluate_test else splits.test[:0]
+        test_idx = splits.test
         both = np.concatenate([splits.val, test_idx])
         probabilities = predict_proba(
             model, x[both], batch_size=validation_batch, hflip=train.tta_hflip, callbacks=[recorder]
@@ -565,16 +599,13 @@ def fit(
         val_pred, predictions = predicted[: len(splits.val)], predicted[len(splits.val) :]
         if len(splits.val):
             evaluation["val"] = classification_metrics(data.labels[splits.val], val_pred)
-        if evaluate_test:
-            evaluation["test"] = classification_metrics(data.labels[test_idx], predictions)
-            position = {int(i): k for k, i in enumerate(test_idx)}
-            for name in ("test_public", "test_private"):
-                idx = getattr(splits, name)
-                if len(idx):
-                    half = predictions[[position[int(i)] for i in idx]]
-                    evaluation[name] = classification_metrics(data.labels[idx], half)
-        else:
-            predictions = None
+        evaluation["test"] = classification_metrics(data.labels[test_idx], predictions)
+        position = {int(i): k for k, i in enumerate(test_idx)}
+        for name in ("test_public", "test_private"):
+            idx = getattr(splits, name)
+            if len(idx):
+                half = predictions[[position[int(i)] for i in idx]]
+                evaluation[name] = classification_metrics(data.labels[idx], half)
 
     n_train = len(splits.train)
     timed_images = n_train * (epochs_run - initial_epoch) - min(train.batch_size, n_train)

@@ -206,6 +206,4 @@ def inference_model(
 def predict(model: keras.Model, images, batch_size: int = 256) -> np.ndarray:
     """Class probabilities (N, 7) of uint8 grayscale `images` (N, 48, 48[, 1]) by `model`."""
     x = as_batch(images, tuple(model.input_shape[1:]))
-    if not len(x):
-        return np.zeros((0, model.output_shape[-1]), dtype="float32")
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float32")
+    return np.asarray(training.predict(model, x, batch_size=batch_size), dtype="float32")

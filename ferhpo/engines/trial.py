@@ -129,7 +129,7 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
     import numpy as np
 
     from ferhpo.progress import PROGRESS_ATTR, UPDATE_SECONDS, RunProgress
-    from ferhpo.training import classification_metrics
+    from ferhpo.training import classification_metrics, predict
 
     from ferhpo.outage import StorageUnavailable
 
@@ -190,7 +190,7 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
             if objective == "macro_f1":
-                predicted = np.argmax(self.model.predict(x_val, batch_size=256, verbose=0), axis=-1)
+                predicted = np.argmax(predict(self.model, x_val, batch_size=256), axis=-1)
                 value = classification_metrics(y_val, predicted)["macro_f1"]
                 logs["val_macro_f1"] = value
             else:
