@@ -590,8 +590,7 @@ def fit(
     predictions = None
     if epochs_run and evaluate_test:
         # One predict call for validation and test: one traced graph, not two.
-        test_idx = splits.test
-        both = np.concatenate([splits.val, test_idx])
+        both = np.concatenate([splits.val, splits.test])
         probabilities = predict_proba(
             model, x[both], batch_size=validation_batch, hflip=train.tta_hflip, callbacks=[recorder]
         )
@@ -599,8 +598,8 @@ def fit(
         val_pred, predictions = predicted[: len(splits.val)], predicted[len(splits.val) :]
         if len(splits.val):
             evaluation["val"] = classification_metrics(data.labels[splits.val], val_pred)
-        evaluation["test"] = classification_metrics(data.labels[test_idx], predictions)
-        position = {int(i): k for k, i in enumerate(test_idx)}
+        evaluation["test"] = classification_metrics(data.labels[splits.test], predictions)
+        position = {int(i): k for k, i in enumerate(splits.test)}
         for name in ("test_public", "test_private"):
             idx = getattr(splits, name)
             if len(idx):
