@@ -358,7 +358,7 @@ def test_timeout_stops_starting_trials_with_keras_tuner(small_data, space, workd
 def test_the_random_sampler_gives_trial_k_the_same_configuration_whatever_the_order():
     """Two workers taking trials in turns, or one taking them all, draw the same
     configuration for each trial number: a study with --sampler random repeats."""
-    from ferhpo.engines.optuna_engine import make_sampler
+    from ferhpo.engines.samplers import make_sampler
     from ferhpo.spaces import load_space, suggest_optuna
 
     space = load_space("resnet-cpu")

@@ -157,7 +157,7 @@ def _search_run(args: argparse.Namespace) -> int:
         tensorboard = check_folder(args.tensorboard)  # before any work
     space = load_space(args.space)
     if sampler == "grid":
-        from ferhpo.engines.optuna_engine import grid_of
+        from ferhpo.engines.samplers import grid_of
 
         grid_of(space)  # too large a grid is refused before any work
     budget = get_budget(args.budget)
@@ -342,7 +342,7 @@ class _LiveLine:
 
 
 def _print_top(study, settings) -> None:
-    from ferhpo.engines.optuna_engine import objective_value
+    from ferhpo.engines.trial import objective_value
     from ferhpo.engines.runner import pareto_records, top_records
 
     if settings.multi_objective:

@@ -50,7 +50,7 @@ class Planned:
 
 def top_trials(study, k: int, objective: str = "val_accuracy") -> list[store.RunRecord]:
     """The study's best complete trials by its validation objective, best first."""
-    from ferhpo.engines.optuna_engine import objective_value
+    from ferhpo.engines.trial import objective_value
 
     done = [r for r in store.records(study, states=("complete",)) if r.kind == "trial"]
     if not done:

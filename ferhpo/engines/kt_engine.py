@@ -22,19 +22,15 @@ import keras_tuner
 import optuna
 
 from ferhpo import store
+from ferhpo.store import counts
 from ferhpo.atomic import write_json
 from ferhpo.engines import SearchSettings, study_dir
-from ferhpo.engines.optuna_engine import objective_value, trial_preexec, trial_spec
 from ferhpo.engines.runner import Progress, SearchOutcome
-from ferhpo.engines.trial import SPEC, run_process, trial_env
+from ferhpo.engines.trial import SPEC, TrialFailed, objective_value, run_process, trial_env, trial_preexec, trial_spec
 from ferhpo.errors import ConfigError
 from ferhpo.spaces import Space, declare_keras_tuner, load_space
 
 TUNERS = {"random": "RandomSearch", "gp": "BayesianOptimization", "hyperband": "Hyperband"}
-
-
-class TrialFailed(Exception):
-    """A trial failed; KerasTuner records it as failed and goes on."""
 
 
 def _oracle(settings: SearchSettings, objective: keras_tuner.Objective):
@@ -132,8 +128,6 @@ class ProcessTuner(keras_tuner.Tuner):
 
 def run_keras_tuner(settings: SearchSettings, study, on_progress: Callable[[Progress], None]) -> SearchOutcome:
     """Run the KerasTuner search in this process (its trials in child processes)."""
-    from ferhpo.engines.optuna_engine import counts
-
     space = load_space(settings.space_path)
     start = time.time()
 

@@ -1,4 +1,4 @@
-"""The Optuna engine: samplers, pruners, and the worker loop that runs trials.
+"""The Optuna engine: the worker loop that runs a search's trials.
 
 A worker asks the study for a trial, draws its hyperparameters through the space's
 adapter, writes the trial's spec and trains it in a child process
@@ -15,30 +15,26 @@ parameters; a trial started by a race past the count is marked surplus and ignor
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
 import functools
 import shutil
-import signal
 import sys
 import time
 import uuid
 import warnings
-import zlib
 from pathlib import Path
 
 import optuna
 
 from ferhpo import faults, store
 from ferhpo.atomic import write_json
-from ferhpo.config import TrainConfig, model_config_to_dict
 from ferhpo.engines import SearchSettings
-from ferhpo.engines.trial import RECORD, SPEC, run_process, trial_env
+from ferhpo.engines.samplers import make_pruner, make_sampler
+from ferhpo.engines.trial import RECORD, SPEC, TrialFailed, objective_value, run_process, trial_env, trial_preexec, trial_spec
 from ferhpo.errors import ConfigError, FerhpoError, StoreError, Terminated, chain, dump_stacks_on_sigusr1, raise_terminated_on_sigterm
 from ferhpo.outage import RetryingRDBStorage, StorageUnavailable, call
 from ferhpo.progress import PROGRESS_ATTR
 from ferhpo.store import counts
-from ferhpo.spaces import Space, load_space, suggest_optuna
+from ferhpo.spaces import load_space, suggest_optuna
 
 POLL_SECONDS = 2.0
 #: The worker's resident memory (kB) when a trial ended: it must stay flat over a long
@@ -62,10 +58,6 @@ def _rss_kb() -> int | None:
     return None
 
 
-class TrialFailed(Exception):
-    """A trial failed by itself (reason in the trial's ERROR_ATTR); the study goes on."""
-
-
 class DiskFull(StoreError):
     """A trial could not write its results: the disk (or the quota) is full. The worker
     stops (exit 1) rather than fail every next trial the same way."""
@@ -79,117 +71,6 @@ class TrialLostError(Exception):
 
 class SurplusTrial(Exception):
     """A trial that a race between workers started past the requested count."""
-
-
-def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
-    """The per-epoch pruner; the budget's epochs are Hyperband's maximum resource."""
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
-    if name == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ConfigError(f"unknown pruner {name!r}; expected hyperband, asha, median or none")
-
-
-class TrialSeededRandomSampler(optuna.samplers.BaseSampler):
-    """Random search whose draws depend on the seed and the trial number only.
-
-    Optuna's RandomSampler draws from one stream per sampler object, so with several
-    workers (or after a resume) which configuration trial k gets depends on who asked
-    first. Here trial k of a study with seed s always gets the same configuration, however
-    many workers run and in whatever order they finish: a study can be repeated.
-    """
-
-    def __init__(self, seed: int):
-        self._seed = int(seed)
-
-    def infer_relative_search_space(self, study, trial):
-        return {}
-
-    def sample_relative(self, study, trial, search_space):
-        return {}
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        draw_seed = zlib.crc32(f"{self._seed}/{trial.number}/{param_name}".encode())
-        return optuna.samplers.RandomSampler(seed=draw_seed).sample_independent(
-            study, trial, param_name, param_distribution
-        )
-
-
-def make_sampler(name: str, space: Space, seed: int, *, study_seed: int = 0) -> optuna.samplers.BaseSampler:
-    """Optuna's sampler `name`, seeded with this worker's `seed` (the random sampler: with
-    the search's `study_seed`, the same in every worker)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "tpe":
-            # constant_liar: parallel workers do not all draw next to the same optimum.
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-        if name == "random":
-            return TrialSeededRandomSampler(study_seed)
-        if name == "grid":
-            return optuna.samplers.GridSampler(grid_of(space), seed=seed)
-        if name == "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-        if name == "gp":
-            import importlib.util
-
-            if not all(importlib.util.find_spec(m) for m in ("torch", "scipy")):
-                raise FerhpoError(
-                    "the gp sampler needs PyTorch and SciPy; expected them installed (pip install torch scipy), "
-                    "or choose --sampler tpe"
-                )
-            return optuna.samplers.GPSampler(seed=seed)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
-    raise ConfigError(f"unknown sampler {name!r}; expected tpe, random, grid, cmaes, gp or nsga2")
-
-
-#: GridSampler lists every combination up front; beyond this it is not a grid search.
-MAX_GRID_POINTS = 100_000
-
-
-def grid_of(space: Space) -> dict[str, list]:
-    """The space's grid for --sampler grid; ConfigError when it is too large to walk."""
-    import math
-
-    grid = space.grid()
-    points = math.prod(len(v) for v in grid.values())
-    if points > MAX_GRID_POINTS:
-        raise ConfigError(
-            f"--sampler grid needs a small space, at most {MAX_GRID_POINTS:,} points, but space "
-            f"{space.name!r} has {points:,} ({len(grid)} parameters); write a space file with fewer "
-            f"parameters or choices, or use --sampler tpe"
-        )
-    return grid
-
-
-def trial_preexec(memory_gb: float | None):
-    """What a trial process does before it starts: die with its worker, and keep under
-    `memory_gb` of address space (so a model too large for the machine fails as that
-    trial, out of memory, instead of the system's OOM killer picking a victim)."""
-
-    def preexec() -> None:
-        _die_with_parent()
-        if memory_gb:
-            import resource
-
-            limit = int(memory_gb * 2**30)
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    return preexec
-
-
-def _die_with_parent() -> None:
-    """In a child, before exec: receive SIGKILL when the parent dies (Linux).
-
-    A killed worker must not leave its trial training on as an orphan."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _alive(trial: optuna.trial.FrozenTrial) -> bool:
@@ -451,49 +332,6 @@ def adopt_finished(study, settings: SearchSettings) -> list[int]:
             continue  # ended elsewhere meanwhile
         adopted.append(frozen.number)
     return adopted
-
-
-def objective_value(record: dict, objective: str) -> float:
-    """The trial's value: the best per-epoch validation objective (what the pruner saw)."""
-    curve = record["search"].get("objective_curve") or []
-    finite = [v for v in curve if v == v]
-    if finite:
-        return max(finite)
-    return float(record["best_val_accuracy"]) if objective == "val_accuracy" else float(record["evaluation"]["val"][objective])
-
-
-def trial_spec(
-    s: SearchSettings, *, name: str, folder: Path, model, train: TrainConfig, values: dict, trial=None, resume: Path | None = None
-) -> dict:
-    """Everything a trial process needs, as plain data (written to its spec.json)."""
-    return {
-        "checkpoint_every": s.checkpoint_every,
-        "resume_from": str(resume) if resume is not None else None,
-        "study": s.study,
-        "storage": s.storage if trial is not None else None,
-        "trial_id": trial._trial_id if trial is not None else None,
-        "trial_number": trial.number if trial is not None else None,
-        "name": name,
-        "folder": str(folder),
-        "model": model_config_to_dict(model),
-        "train": dataclasses.asdict(train),
-        "budget": s.budget,
-        "protocol": s.protocol,
-        "objective": s.objectives[0],
-        "multi_objective": s.multi_objective,
-        "hyperparameters": values,
-        "data": s.data,
-        "tensorboard": s.tensorboard,
-        "search": {
-            "engine": s.engine,
-            "sampler": s.sampler,
-            "pruner": s.pruner,
-            "objectives": list(s.objectives),
-            "space": s.space.get("name"),
-            "max_epochs": s.max_epochs,
-            "trial_number": trial.number if trial is not None else None,
-        },
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from typing import Callable
 from ferhpo import faults, store
 from ferhpo.atomic import write_json
 from ferhpo.engines import SETTINGS_ATTR, SearchSettings, check_resume, study_dir
-from ferhpo.engines.optuna_engine import _die_with_parent
+from ferhpo.engines.trial import die_with_parent
 from ferhpo.errors import FerhpoError, Terminated, WorkerError
 from ferhpo.outage import unreachable
 from ferhpo.progress import WANTED_ATTR
@@ -99,7 +99,7 @@ def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress]
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             )
     interrupted = terminated = False
@@ -178,7 +178,7 @@ def _watch(study, settings: SearchSettings, start: float, last: Progress | None)
 
 def top_records(study, settings: SearchSettings, k: int = 5) -> list[store.RunRecord]:
     """The best complete trials by the (first) objective, best first."""
-    from ferhpo.engines.optuna_engine import objective_value
+    from ferhpo.engines.trial import objective_value
 
     done = [r for r in store.records(study, states=("complete",)) if r.kind == "trial"]
     done.sort(key=lambda r: objective_value(r.to_dict(), settings.objectives[0]), reverse=True)

@@ -1,4 +1,4 @@
-"""One search trial, trained in its own process.
+"""One search trial, trained in its own process, and the contract between it and the engines.
 
 The engine writes a spec (`spec.json`: configs, budget, data, where to report) into the
 trial's folder and starts ``python -m ferhpo.engines.trial SPEC``. The process trains
@@ -14,6 +14,8 @@ exits.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import errno
 import json
 import os
@@ -27,7 +29,8 @@ from typing import Any
 
 from ferhpo import faults
 from ferhpo.atomic import write_json
-from ferhpo.config import thread_env, usable_cores
+from ferhpo.config import TrainConfig, model_config_to_dict, thread_env, usable_cores
+from ferhpo.engines import SearchSettings
 from ferhpo.errors import FerhpoError, Terminated, chain, dump_stacks_on_sigusr1, raise_terminated_on_sigterm
 from ferhpo.phases import SPAWNED_AT, PhaseClock
 
@@ -112,6 +115,83 @@ def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=N
         reason = f"the trial process exited with code {code}"
     last = _tail(folder / LOG)
     return Outcome(None, f"{reason}; last log line: {last}" if last else reason, seconds)
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+class TrialFailed(Exception):
+    """A trial failed by itself (its reason in the trial's `store.ERROR_ATTR`); the study
+    goes on. Both engines raise it and tell their tuner to record a failure."""
+
+
+def trial_spec(
+    s: SearchSettings, *, name: str, folder: Path, model, train: TrainConfig, values: dict, trial=None, resume: Path | None = None
+) -> dict:
+    """Everything a trial process needs, as plain data (written to its spec.json)."""
+    return {
+        "checkpoint_every": s.checkpoint_every,
+        "resume_from": str(resume) if resume is not None else None,
+        "study": s.study,
+        "storage": s.storage if trial is not None else None,
+        "trial_id": trial._trial_id if trial is not None else None,
+        "trial_number": trial.number if trial is not None else None,
+        "name": name,
+        "folder": str(folder),
+        "model": model_config_to_dict(model),
+        "train": dataclasses.asdict(train),
+        "budget": s.budget,
+        "protocol": s.protocol,
+        "objective": s.objectives[0],
+        "multi_objective": s.multi_objective,
+        "hyperparameters": values,
+        "data": s.data,
+        "tensorboard": s.tensorboard,
+        "search": {
+            "engine": s.engine,
+            "sampler": s.sampler,
+            "pruner": s.pruner,
+            "objectives": list(s.objectives),
+            "space": s.space.get("name"),
+            "max_epochs": s.max_epochs,
+            "trial_number": trial.number if trial is not None else None,
+        },
+    }
+
+
+def objective_value(record: dict, objective: str) -> float:
+    """The trial's value: the best per-epoch validation objective (what the pruner saw)."""
+    curve = record["search"].get("objective_curve") or []
+    finite = [v for v in curve if v == v]
+    if finite:
+        return max(finite)
+    return float(record["best_val_accuracy"]) if objective == "val_accuracy" else float(record["evaluation"]["val"][objective])
+
+
+def trial_preexec(memory_gb: float | None):
+    """What a trial process does before it starts: die with its worker, and keep under
+    `memory_gb` of address space (so a model too large for the machine fails as that
+    trial, out of memory, instead of the system's OOM killer picking a victim)."""
+
+    def preexec() -> None:
+        die_with_parent()
+        if memory_gb:
+            import resource
+
+            limit = int(memory_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return preexec
+
+
+def die_with_parent() -> None:
+    """In a child, before exec: receive SIGKILL when the parent dies (Linux).
+
+    A killed worker must not leave its trial training on as an orphan."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 # --------------------------------------------------------------------------- in the child
@@ -248,7 +328,7 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
         import optuna
 
         from ferhpo import store
-        from ferhpo.engines.optuna_engine import make_pruner
+        from ferhpo.engines.samplers import make_pruner
 
         from ferhpo.outage import StorageUnavailable
 
