@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny FER2013 sources built in tmp dirs, the real dataset when present."""
+"""Shared helpers: tiny FER2013 sources built in tmp dirs, the real dataset when present,
+the tiny search spaces of tests/spaces/, the working folder of a test that runs the real
+command, and the helpers that start, wait for and finish such a command."""
 
 from __future__ import annotations
 
@@ -15,6 +17,26 @@ from ferhpo.data import CLASSES, CSV_EMOTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("FERHPO_TEST_DATA", REPO.parent / "shared" / "fer2013"))
+SPACES = Path(__file__).resolve().parent / "spaces"
+
+
+def space_path(name: str = "tiny") -> Path:
+    """tests/spaces/<name>.toml, one of the tiny search spaces tests run on (each file
+    says what it is for)."""
+    path = SPACES / f"{name}.toml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no test space {name!r}: {path}")
+    return path
+
+
+def space_text(name: str = "tiny") -> str:
+    """The text of tests/spaces/<name>.toml, for a test that writes it (or an edit of it)
+    into its own folder: a space is named after its file, so the copy's name is the test's."""
+    return space_path(name).read_text()
+
+
+# The search tests' space: ResNet v1 of depth 8, a trial at the smoke budget takes seconds.
+TINY_SPACE = space_text("tiny")
 
 
 @pytest.fixture(autouse=True)
@@ -110,10 +132,25 @@ def real_data() -> Path:
     return REAL_DATA
 
 
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """`tmp_path` as the working folder of a test that runs the real command: the current
+    folder (the default studies/ and reports/ land there), no FERHPO_STORAGE from the
+    caller's environment (the default storage is the SQLite file under it), and the tiny
+    search space copied in as tiny.toml."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FERHPO_STORAGE", raising=False)
+    (tmp_path / "tiny.toml").write_text(TINY_SPACE)
+    return tmp_path
+
+
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    """70 training and 14 test images: enough for a holdout split with every class."""
-    return write_folder(tmp_path_factory.mktemp("fer") / "fer", tiny_items(per_class=10))
+def small_data(request, tmp_path_factory) -> Path:
+    """A tiny dataset in folders, shared by a module's tests: 10 training images a class
+    (70) and 14 test images, enough for a holdout split with every class. A module sets
+    SMALL_DATA_PER_CLASS for another number of training images a class."""
+    per_class = getattr(request.module, "SMALL_DATA_PER_CLASS", 10)
+    return write_folder(tmp_path_factory.mktemp("fer") / "fer", tiny_items(per_class=per_class))
 
 
 def wait_for(condition, timeout: float = 180.0, step: float = 0.3) -> None:
@@ -144,7 +181,8 @@ def finish(proc: subprocess.Popen, timeout: float = 300, *, logs: Path | None = 
     killed, first asked (SIGUSR1, `errors.dump_stacks_on_sigusr1`) where each process
     waits: stderr then ends with a line saying so and the tails of the newest logs
     under `logs` (where workers and trials write their stacks), for the caller's
-    assertion on the exit code to show."""
+    assertion on the exit code to show. `proc` leads a session of its own (as
+    `start_cli` starts it)."""
     import signal
     import time
 

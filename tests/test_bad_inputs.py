@@ -29,10 +29,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_folder
+from conftest import TINY_SPACE, run_cli, write_folder
 from test_baseline import TINY_PRESETS
 from test_cli import _assert_one_line_error, _corrupt, _csv, _empty_class, _no_test, _pixels, _set_line, _unknown_class
-from test_search import TINY_SPACE
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import default_sigint, run_cli, write_folder
+from conftest import default_sigint, run_cli, space_text, write_folder
 from test_cli import _assert_one_line_error
 
 # The study's table: exact parameter counts, trainable + non-trainable.
@@ -42,11 +42,12 @@ train = { optimizer = "adam", batch_size = 16, epochs = EPOCHS }
 
 
 @pytest.fixture
-def workdir(tmp_path):
-    """A working folder with tiny data and a tiny preset table; studies/ lands here."""
-    write_folder(tmp_path / "fer")
-    (tmp_path / "presets.toml").write_text(TINY_PRESETS.replace("EPOCHS", "2"))
-    return tmp_path
+def inputs(workdir) -> Path:
+    """Tiny data (fer/) and a tiny preset table (presets.toml) in the working folder;
+    studies/ lands there too."""
+    write_folder(workdir / "fer")
+    (workdir / "presets.toml").write_text(TINY_PRESETS.replace("EPOCHS", "2"))
+    return workdir
 
 
 def _baseline(workdir: Path, *args: str):
@@ -73,6 +74,7 @@ def test_list_prints_a_table():
     assert "resnet-v2-155" in result.stdout and "4,711,047" in result.stdout
 
 
+@pytest.mark.usefixtures("inputs")
 def test_records_then_skips_then_forces(workdir):
     first = _baseline(workdir, "--budget", "full", "--json")
     assert first.returncode == 0, first.stderr
@@ -119,29 +121,6 @@ def test_records_then_skips_then_forces(workdir):
     assert study.trials[0].value == pytest.approx(runs[0]["best_val_accuracy"])
 
 
-TINY_SPACE = """
-[space]
-family = "resnet"
-[fixed]
-base_filters = 8
-head = "gap"
-[params.depth]
-type = "int"
-low = 11
-high = 20
-step = 9
-default = 11
-[params.version]
-type = "categorical"
-choices = [2]
-default = 2
-[params.batch_size]
-type = "categorical"
-choices = [16, 32]
-default = 16
-"""
-
-
 def _phases_add_up(record: dict) -> None:
     from ferhpo.phases import PHASES
 
@@ -151,11 +130,12 @@ def _phases_add_up(record: dict) -> None:
     assert phases["wall"] >= record["wall_seconds"]
 
 
+@pytest.mark.usefixtures("inputs")
 def test_space_reference_and_overrides_are_named_for_what_they_are(workdir):
     """`--space` trains the space's defaults as '<space>-reference' under the search's
     protocol; a preset changed by --set is named after the change and claims no reported
     accuracy; each record's phases add up to its wall time."""
-    (workdir / "tiny.toml").write_text(TINY_SPACE)
+    (workdir / "tiny.toml").write_text(space_text("tiny-v2"))  # the run is named after the file: tiny-reference
     result = _baseline(workdir, "--space", str(workdir / "tiny.toml"), "--budget", "smoke", "--json")
     assert result.returncode == 0, result.stderr
     (run,) = json.loads(result.stdout)
@@ -185,6 +165,7 @@ def test_space_reference_and_overrides_are_named_for_what_they_are(workdir):
     _assert_one_line_error(both, "--space and --only exclude each other")
 
 
+@pytest.mark.usefixtures("inputs")
 def test_text_output_has_one_summary_line_per_run(workdir):
     result = _baseline(workdir, "--budget", "smoke", "--only", "tiny-densenet")
     assert result.returncode == 0, result.stderr
@@ -196,6 +177,7 @@ def test_text_output_has_one_summary_line_per_run(workdir):
     assert result.stderr.count("estimate (measured on tiny-densenet): ") == 1
 
 
+@pytest.mark.usefixtures("inputs")
 def test_ctrl_c_keeps_finished_runs_and_discards_the_partial_one(workdir):
     (workdir / "presets.toml").write_text(TINY_PRESETS.replace("EPOCHS", "500"))
     proc = subprocess.Popen(
@@ -252,6 +234,7 @@ def test_bad_options_exit_2_before_any_work(args, pattern, tmp_path):
         ("postgresql://nobody@127.0.0.1:1/none", "cannot open storage postgresql://"),
     ],
 )
+@pytest.mark.usefixtures("inputs")
 def test_bad_storage_exits_2(storage, pattern, workdir):
     result = _baseline(workdir, "--budget", "smoke", "--storage", storage)
     _assert_one_line_error(result, pattern)

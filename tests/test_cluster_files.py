@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, finish
 from ferhpo.cli import build_parser
 from ferhpo.cli.common import UsageError
 
@@ -147,24 +147,17 @@ def start_sbatch(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, Path]:
         "FAKE_STATE": "RUNNING",
         **env,
     }
-    proc = subprocess.Popen(["bash", str(SBATCH)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a session of its own: `finish` ends the script and its stand-ins if it hangs
+    proc = subprocess.Popen(["bash", str(SBATCH)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     return proc, log
-
-
-def finish(proc: subprocess.Popen) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    return proc.returncode, err
 
 
 @needs_bash
 def test_sbatch_refuses_to_start_without_the_storage_url(tmp_path):
     proc, log = start_sbatch(tmp_path, FERHPO_STORAGE="")
-    code, err = finish(proc)
-    assert code == 2 and "FERHPO_STORAGE is not set" in err
+    _, err = finish(proc, timeout=20)
+    assert proc.returncode == 2 and "FERHPO_STORAGE is not set" in err
     assert not (log / "argv").exists()
 
 
@@ -172,7 +165,8 @@ def test_sbatch_refuses_to_start_without_the_storage_url(tmp_path):
 @pytest.mark.parametrize("code", [0, 1])
 def test_sbatch_passes_ferhpo_exit_code_through_and_requeues_nothing(tmp_path, code):
     proc, log = start_sbatch(tmp_path, FAKE_EXIT=str(code))
-    assert finish(proc)[0] == code
+    _, err = finish(proc, timeout=20)
+    assert proc.returncode == code, err
     assert not (log / "scontrol").exists()
     argv = (log / "argv").read_text().splitlines()
     assert argv == sbatch_ferhpo_argv({"SHARED_DIR": str(tmp_path / "shared")}), "the static reading is the shell's"
@@ -190,8 +184,8 @@ def test_sbatch_forwards_term_to_ferhpo_and_requeues_only_a_running_job(tmp_path
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
-    code, err = finish(proc)
-    assert code == 143, err
+    _, err = finish(proc, timeout=20)
+    assert proc.returncode == 143, err
     assert (log / "term").read_text() == "term\n"
     calls = (log / "scontrol").read_text().splitlines()
     assert calls[0] == "show job 4242"

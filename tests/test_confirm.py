@@ -12,10 +12,9 @@ import json
 import optuna
 import pytest
 
-from conftest import run_cli, write_folder
-from ferhpo.data import CLASSES
+from conftest import TINY_SPACE, run_cli, write_folder
 from ferhpo import store
-from test_search import TINY_SPACE
+from ferhpo.data import CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,9 @@ import numpy as np
 import optuna
 import pytest
 
+from conftest import TINY_SPACE
 from ferhpo import store
-from test_search import TINY_SPACE, load
+from test_search import load
 
 KILLS = 10
 TRIALS = 6

@@ -1,11 +1,11 @@
 """Several workers sharing one study: in PostgreSQL (the README's "Running on several
 machines") and in the default SQLite file.
 
-Each test runs the real `ferhpo search --workers N` on the tiny space of
-tests/test_search.py at the smoke budget, then reads the study back from its storage:
-exactly the requested trials are counted, trial numbers never repeat, every completed
-trial carries its full record and artifacts, nothing is left running, and
-`ferhpo report` reads the study.
+Each test runs the real `ferhpo search --workers N` on the tiny space
+(tests/spaces/tiny.toml, as the `workdir` fixture copies it) at the smoke budget, then
+reads the study back from its storage: exactly the requested trials are counted,
+trial numbers never repeat, every completed trial carries its full record and
+artifacts, nothing is left running, and `ferhpo report` reads the study.
 
 The PostgreSQL test needs a server: FERHPO_TEST_POSTGRES=postgresql://USER@HOST:PORT/DB
 (.ci/run starts a throw-away one on 127.0.0.1 through .ci/postgres.sh); without it, the
@@ -24,17 +24,8 @@ import pytest
 
 from conftest import run_cli
 from ferhpo import store
-from test_search import TINY_SPACE
 
 POSTGRES_ENV = "FERHPO_TEST_POSTGRES"
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("FERHPO_STORAGE", raising=False)  # "default storage" means the SQLite file
-    (tmp_path / "tiny.toml").write_text(TINY_SPACE)
-    return tmp_path
 
 
 @pytest.fixture

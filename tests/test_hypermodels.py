@@ -8,65 +8,16 @@ import keras_tuner
 import numpy as np
 import pytest
 
+from conftest import space_text
 from ferhpo.config import get_preset
 from ferhpo.errors import ConfigError
 from ferhpo.hypermodels import DenseNetHyperModel, ResNetHyperModel, SpaceHyperModel
 
-# ResNet-8 (v1, one basic block per stage) trains in a blink. The learning rate has
-# one parameter per optimizer (exclusive conditions on one parent); tta_hflip is in
-# the file but is not something a HyperModel applies.
-TINY = """
-[space]
-family = "resnet"
-description = "tiny"
-[fixed]
-version = 1
-depth = 8
-base_filters = 16
-batch_size = 8
-[params.optimizer]
-type = "categorical"
-choices = ["adam", "sgd"]
-default = "adam"
-[params.learning_rate]
-type = "float"
-low = 1e-4
-high = 1e-2
-log = true
-default = 1e-3
-when = { optimizer = "adam" }
-[params.learning_rate_sgd]
-field = "learning_rate"
-type = "float"
-low = 1e-3
-high = 1e-1
-log = true
-default = 1e-2
-when = { optimizer = "sgd" }
-[params.schedule]
-type = "categorical"
-choices = ["cosine", "constant"]
-default = "cosine"
-[params.label_smoothing]
-type = "float"
-low = 0.0
-high = 0.1
-default = 0.0
-[params.mixup]
-type = "float"
-low = 0.0
-high = 0.4
-default = 0.0
-[params.tta_hflip]
-type = "bool"
-default = false
-"""
-
-
 @pytest.fixture
 def tiny_space(tmp_path):
+    """tests/spaces/hypermodel.toml (ResNet-8, a learning rate per optimizer), as tiny.toml."""
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY)
+    path.write_text(space_text("hypermodel"))
     return path
 
 

@@ -1,11 +1,12 @@
-"""A search rides out its database going away (issue 14), against the throw-away
+"""A search rides out its database going away, against the throw-away
 PostgreSQL server of .ci/run, which these tests stop and start again.
 
 FERHPO_TEST_POSTGRES is the server's URL and FERHPO_TEST_POSTGRES_CTL a script that
 stops and starts it (.ci/postgres.sh writes both); without them the tests are skipped.
-Each test runs the real `ferhpo search` on the tiny space of tests/test_search.py at the
-smoke budget, with a few epochs per trial so that trials are training when the server
-goes; heartbeats every 2 s (grace 6 s) keep the waits short.
+Each test runs the real `ferhpo search` on the tiny space (tests/spaces/tiny.toml, as the
+`workdir` fixture copies it) at the smoke budget, with a few epochs per trial so that
+trials are training when the server goes; heartbeats every 2 s (grace 6 s) keep the
+waits short.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import pytest
 
 from conftest import finish, run_cli, start_cli, wait_for
 from ferhpo import store
-from test_search import TINY_SPACE
 
 ENV = {"FERHPO_HEARTBEAT": "2"}
 
@@ -34,13 +34,6 @@ def server() -> tuple[str, str]:
         pytest.skip("no PostgreSQL server to stop and start: set FERHPO_TEST_POSTGRES and FERHPO_TEST_POSTGRES_CTL (.ci/run does)")
     yield url, ctl
     subprocess.run([ctl, "start"], capture_output=True, cwd="/")  # whatever happened, the server is back for the next test
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "tiny.toml").write_text(TINY_SPACE)
-    return tmp_path
 
 
 def args(data: Path, url: str, study: str, *extra: str) -> list[str]:

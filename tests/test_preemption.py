@@ -1,10 +1,11 @@
 """Preemption and full disks: SIGTERM to a search or to one of its workers, resuming a
-trial from its checkpoint, and a disk that fills during a trial (issue 14).
+trial from its checkpoint, and a disk that fills during a trial.
 
-Every test runs the real `ferhpo search` on the tiny space of tests/test_search.py at
-the smoke budget with many short epochs, so a trial is caught mid-training. SIGTERM is
-sent to one process only, as Kubernetes does (to the container's first process); Slurm
-signals every process of the job, which the handlers take as one stop.
+Every test runs the real `ferhpo search` on the tiny space (tests/spaces/tiny.toml, as
+the `workdir` fixture copies it) at the smoke budget with many short epochs, so a
+trial is caught mid-training. SIGTERM is sent to one process only, as Kubernetes does
+(to the container's first process); Slurm signals every process of the job, which the
+handlers take as one stop.
 """
 
 from __future__ import annotations
@@ -16,22 +17,12 @@ import signal
 from pathlib import Path
 
 import optuna
-import pytest
 
 from conftest import finish, run_cli, start_cli, wait_for
 from ferhpo import store
 from ferhpo.engines.optuna_engine import RESUME_ATTR
-from test_search import TINY_SPACE
 
 EPOCHS = "30"  # smoke epochs of ~0.3 s: time to catch a trial between checkpoints
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("FERHPO_STORAGE", raising=False)
-    (tmp_path / "tiny.toml").write_text(TINY_SPACE)
-    return tmp_path
 
 
 def search_args(data: Path, study: str, *extra: str) -> list[str]:

@@ -6,29 +6,17 @@ import subprocess
 import sys
 
 import optuna
-import pytest
 
+from conftest import TINY_SPACE
 from ferhpo import store
 from ferhpo.engines.optuna_engine import WORKER_RSS_ATTR
-from test_search import TINY_SPACE, counted, load, search
+from test_search import counted, load, search
 
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    from conftest import tiny_items, write_folder
-
-    return write_folder(tmp_path_factory.mktemp("fer") / "fer", tiny_items(per_class=4))
+SMALL_DATA_PER_CLASS = 4  # small_data with 4 training images a class: short trials
 
 
 def test_one_worker_keeps_its_memory_flat_over_8_trials(small_data, workdir):
-    space = workdir / "tiny.toml"
-    space.write_text(TINY_SPACE)
+    space = workdir / "tiny.toml"  # the tiny space, as workdir holds it
     # About 10 s a trial on two cores (mostly a fresh process importing its backend): past run_cli's limit.
     result = subprocess.run(
         [sys.executable, "-m", "ferhpo", "search", "--space", str(space), "--data", str(small_data), "--budget",

@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from conftest import run_cli, write_folder
+from conftest import TINY_SPACE, run_cli, write_folder
 from ferhpo.data import CLASSES
 from test_baseline import TINY_PRESETS
 from test_cli import _assert_one_line_error
-from test_search import TINY_SPACE
 
 FIGURES = (
     "optimization_history.png", "intermediate_values.png", "param_importance.png", "parallel_coordinates.png",

@@ -2,8 +2,9 @@
 failure isolation, and the rule that selection never reads test images. Kills are
 tests/test_crash.py's, distributed studies tests/test_distributed.py's.
 
-Searches run the real command on a tiny space (ResNet v1 depth 8) at the smoke budget,
-so a trial takes seconds; the shipped spaces are exercised by tests/test_spaces.py.
+Searches run the real command on the tiny space of tests/spaces/tiny.toml (ResNet v1
+depth 8) at the smoke budget, so a trial takes seconds; the shipped spaces are
+exercised by tests/test_spaces.py.
 """
 
 from __future__ import annotations
@@ -14,80 +15,20 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 
-from conftest import default_sigint, run_cli, tiny_items, write_folder
+from conftest import default_sigint, run_cli, space_text, wait_for
 from ferhpo import store
-
-TINY_SPACE = """
-[space]
-family = "resnet"
-description = "a tiny ResNet for tests"
-
-[fixed]
-depth = 8
-base_filters = 16
-batch_size = 32
-
-[params.optimizer]
-type = "categorical"
-choices = ["adam", "sgd"]
-default = "adam"
-
-[params.learning_rate]
-type = "float"
-low = 1e-4
-high = 1e-2
-log = true
-default = 1e-3
-
-[params.schedule]
-type = "categorical"
-choices = ["reference-step", "cosine"]
-default = "reference-step"
-
-[params.shift]
-type = "float"
-low = 0.0
-high = 0.2
-default = 0.1
-when = { schedule = ["cosine"] }
-"""
-
-DIVERGING_SPACE = TINY_SPACE.replace("batch_size = 32", "batch_size = 32\nlearning_rate = 1e12\nplateau = false").replace(
-    """[params.learning_rate]
-type = "float"
-low = 1e-4
-high = 1e-2
-log = true
-default = 1e-3
-""",
-    "",
-)
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.fixture
 def space(workdir) -> Path:
-    path = workdir / "tiny.toml"
-    path.write_text(TINY_SPACE)
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    """70 training and 14 test images: enough for a holdout split with every class."""
-    return write_folder(tmp_path_factory.mktemp("fer") / "fer", tiny_items(per_class=10))
+    """The tiny space, tests/spaces/tiny.toml, as `workdir` holds it."""
+    return workdir / "tiny.toml"
 
 
 def search(space: Path, data: Path, *args: str, cwd: Path, env: dict | None = None):
@@ -184,15 +125,6 @@ def test_rerun_continues_the_study_and_keeps_finished_trials(small_data, space, 
     assert "study 'r' was started with protocol=\"holdout\"" in other.stderr.strip().splitlines()[-1]
 
 
-def _wait_for(condition, timeout: float = 240.0, step: float = 0.5):
-    end = time.time() + timeout
-    while time.time() < end:
-        if condition():
-            return True
-        time.sleep(step)
-    return False
-
-
 def test_ctrl_c_stops_cleanly_and_queues_the_interrupted_trial(small_data, space, workdir):
     args = [sys.executable, "-m", "ferhpo", "search", "--space", str(space), "--data", str(small_data),
             "--budget", "smoke", "--max-epochs", "3", "--trials", "2", "--study", "c"]
@@ -206,7 +138,7 @@ def test_ctrl_c_stops_cleanly_and_queues_the_interrupted_trial(small_data, space
             return False
 
     try:
-        assert _wait_for(training), "no trial started training"
+        wait_for(training, timeout=240, step=0.5)  # AssertionError if no trial starts training
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
         out, err = proc.communicate(timeout=120)
     finally:
@@ -229,7 +161,7 @@ def test_ctrl_c_stops_cleanly_and_queues_the_interrupted_trial(small_data, space
 
 def test_a_diverging_trial_is_recorded_as_failed_and_the_study_goes_on(small_data, workdir):
     path = workdir / "diverging.toml"
-    path.write_text(DIVERGING_SPACE)
+    path.write_text(space_text("diverging"))
     result = search(path, small_data, "--trials", "2", "--study", "nan", "--max-epochs", "3", cwd=workdir)
     assert result.returncode == 0, result.stderr
     study = load(workdir, "nan")

@@ -9,6 +9,7 @@ import keras_tuner
 import optuna
 import pytest
 
+from conftest import space_text
 from ferhpo import spaces
 from ferhpo.config import DenseNetConfig, ResNetConfig, TrainConfig, get_preset
 from ferhpo.errors import ConfigError
@@ -23,52 +24,8 @@ def write(tmp_path, body: str, name: str = "my.toml"):
     return path
 
 
-# A small space with every kind of parameter: int (step, log), float (step, log,
-# continuous), categorical, bool, and a conditional child of a bool parent.
-KINDS = """
-[space]
-family = "densenet"
-description = "every kind"
-[fixed]
-num_blocks = 3
-[params.bottleneck]
-type = "bool"
-default = true
-[params.growth_rate]
-type = "int"
-low = 4
-high = 64
-log = true
-default = 12
-[params.layers_per_block]
-type = "int"
-low = 2
-high = 14
-step = 3
-default = 5
-[params.dropout]
-type = "float"
-low = 0.0
-high = 0.3
-step = 0.1
-default = 0.1
-[params.compression]
-type = "float"
-low = 0.3
-high = 1.0
-default = 0.5
-when = { bottleneck = true }
-[params.learning_rate]
-type = "float"
-low = 1e-4
-high = 1e-1
-log = true
-default = 1e-3
-[params.optimizer]
-type = "categorical"
-choices = ["adam", "sgd"]
-default = "adam"
-"""
+# A small space with every kind of parameter (tests/spaces/kinds.toml).
+KINDS = space_text("kinds")
 
 
 # ---------------------------------------------------------------------------

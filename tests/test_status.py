@@ -191,8 +191,8 @@ def test_snapshot_counts_a_worker_slot_per_live_trial(tmp_path):
 
 
 def test_a_running_trial_without_progress_shows_the_epochs_it_reported(tmp_path):
-    """A trial of an older ferhpo keeps no progress attribute; the values it reported to
-    the pruner still say how far it is."""
+    """A running trial may carry no progress attribute; the values it reported to the
+    pruner still say how far it is."""
     storage = store.open_storage(f"sqlite:///{tmp_path}/s.db")
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     study.set_user_attr(SETTINGS_ATTR, {"objectives": ["val_accuracy"], "max_epochs": 3})
