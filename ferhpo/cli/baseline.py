@@ -15,6 +15,7 @@ from ferhpo.cli.common import (
     Command,
     UsageError,
     add_data_options,
+    add_storage_argument,
     import_keras,
     load_data,
     non_negative_int,
@@ -24,7 +25,7 @@ from ferhpo.cli.common import (
 
 
 def _baseline_arguments(p: argparse.ArgumentParser) -> None:
-    from ferhpo.config import BUDGETS
+    from ferhpo.config import BUDGETS, PRECISIONS
     from ferhpo.data import PROTOCOLS
 
     add_data_options(p)
@@ -58,13 +59,13 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+        choices=list(PRECISIONS),
         help="compute precision (default: the presets', float32 as in the study); mixed_bfloat16 is faster "
         "on GPUs and on CPUs with bfloat16 units (see 'ferhpo bench'); the same as --set precision=...",
     )
     p.add_argument("--presets", metavar="FILE", help="preset table to read (default: search_spaces/baseline.toml)")
     p.add_argument("--study", default="baseline", help="study name (default: baseline)")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    add_storage_argument(p)
     p.add_argument("--force", action="store_true", help="retrain configs already finished at the same budget")
     p.add_argument(
         "--tensorboard",

@@ -18,6 +18,8 @@ from ferhpo.cli.common import (
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    from ferhpo.config import PRECISIONS
+
     p.add_argument("--models", nargs="+", metavar="NAME", help="presets to time (default: all five)")
     p.add_argument("--presets", metavar="FILE", help="preset table to read (default: search_spaces/baseline.toml)")
     p.add_argument("--batch", type=positive_int, help="batch size (default: each preset's)")
@@ -31,7 +33,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+        choices=["auto", *PRECISIONS],
         default="auto",
         help="ferhpo's compute precision (default: auto, mixed_bfloat16 on accelerators and on CPUs with "
         "bfloat16 matrix units, AVX512-BF16 or AMX, else float32); the reference pipeline is always float32",

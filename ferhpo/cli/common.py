@@ -1,5 +1,5 @@
-"""What the command modules share: the Command record, argument types, the data
-options, quiet imports of Keras and Optuna, and the time estimate printed by
+"""What the command modules share: the Command record, argument types, the data and
+storage options, quiet imports of Keras and Optuna, and the time estimate printed by
 `baseline` and `search`."""
 
 from __future__ import annotations
@@ -38,25 +38,43 @@ class Command:
 # --------------------------------------------------------------------------- shared options
 
 
-def add_data_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument(
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
         "--data",
         metavar="PATH",
         help="FER2013 as image folders (train/<class>/, test/<class>/) or the Kaggle fer2013.csv; "
         "default: $FERHPO_DATA, else ./data/fer2013",
     )
-    g.add_argument(
+    group.add_argument(
         "--cache-dir",
         metavar="DIR",
         help="where decoded arrays are cached (outside the data folder); default: $FERHPO_CACHE, "
         "else the user cache dir",
     )
-    g.add_argument(
+    group.add_argument(
         "--skip-bad",
         action="store_true",
         help="skip corrupt or non-image files (and bad csv rows) and report how many, instead of failing",
     )
+
+
+def add_storage_argument(parser: argparse._ActionsContainer, *, example: str | None = None) -> None:
+    """--storage URL, for every command that reads or writes a study. `parser` may be an
+    argument group; `example` is a command's own hint, shown before the default.
+
+    The default is resolved where the storage is opened (`store.storage_url`, whose
+    `DEFAULT_STORAGE` the text names): importing the store here would load Optuna and
+    slow every `--help`."""
+    hint = f", {example}" if example else ""
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help=f"Optuna storage URL{hint} (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)",
+    )
+
+
+# --------------------------------------------------------------------------- argument types
 
 
 def positive_int(text: str) -> int:
@@ -77,6 +95,29 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------- quiet imports, estimates
 
 
 def import_keras() -> None:
@@ -128,27 +169,6 @@ def load_data(args: argparse.Namespace):
     return load_fer2013(args.data, args.cache_dir, skip_bad=args.skip_bad)
 
 
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
-
-
 def estimate_lines(name: str, per_epoch: float, epochs: int, runs: int, workers: int, accelerator, *, what: str,
                     total_epochs: int | None = None) -> list[str]:
     """The up-front estimate, from measured time: one run of `epochs` epochs, and `runs`
@@ -156,14 +176,14 @@ def estimate_lines(name: str, per_epoch: float, epochs: int, runs: int, workers:
     without an accelerator, it says so and names the budget that fits."""
     from ferhpo.progress import DAY, clock
 
-    one = per_epoch * epochs
-    total = per_epoch * (total_epochs if total_epochs is not None else epochs * runs) / max(1, workers)
+    one_run = per_epoch * epochs
+    all_runs = per_epoch * (total_epochs if total_epochs is not None else epochs * runs) / max(1, workers)
     lines = [
-        f"estimate (measured on {name}): ~{clock(per_epoch)} an epoch, ~{clock(one)} for its {epochs} epoch(s); "
-        f"{runs} {what}{f' on {workers} workers' if workers > 1 else ''}: up to ~{clock(total)}"
+        f"estimate (measured on {name}): ~{clock(per_epoch)} an epoch, ~{clock(one_run)} for its {epochs} epoch(s); "
+        f"{runs} {what}{f' on {workers} workers' if workers > 1 else ''}: up to ~{clock(all_runs)}"
         + (" (pruned trials end sooner)" if what == "trial(s)" else "")
     ]
-    if total > DAY and accelerator is False:
+    if all_runs > DAY and accelerator is False:
         lines.append(
             f"note: that is more than a day, and Keras found no GPU or TPU here; on a CPU, --budget cpu with the "
             f"*-cpu spaces (search_spaces/resnet-cpu.toml, densenet-cpu.toml) fits (minutes an epoch); "

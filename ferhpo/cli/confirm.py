@@ -6,7 +6,16 @@ import argparse
 import json
 import sys
 
-from ferhpo.cli.common import PROG, Command, add_data_options, import_keras, load_data, positive_int, quiet_optuna
+from ferhpo.cli.common import (
+    PROG,
+    Command,
+    add_data_options,
+    add_storage_argument,
+    import_keras,
+    load_data,
+    positive_int,
+    quiet_optuna,
+)
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -14,7 +23,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
     add_data_options(p)
     p.add_argument("--study", required=True, help="the search whose top configurations to confirm")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    add_storage_argument(p)
     p.add_argument("--top", type=positive_int, default=3, metavar="K", help="configurations to confirm, best by validation (default 3)")
     p.add_argument("--seeds", type=positive_int, default=3, metavar="N",
                    help="seeds per configuration, the run's own seed first (default 3); the study's own run of that "

@@ -6,13 +6,21 @@ from __future__ import annotations
 import argparse
 import json
 
-from ferhpo.cli.common import Command, add_data_options, import_keras, load_data, positive_int, quiet_optuna
+from ferhpo.cli.common import (
+    Command,
+    add_data_options,
+    add_storage_argument,
+    import_keras,
+    load_data,
+    positive_int,
+    quiet_optuna,
+)
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     add_data_options(p)
     p.add_argument("--study", required=True, help="study whose finished runs to average (a search or a confirm study)")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    add_storage_argument(p)
     p.add_argument("--top", type=positive_int, default=3, metavar="K", help="members: the K runs of best validation accuracy (default 3)")
     p.add_argument("--tta", action="store_true", help="also average each image's probabilities with its mirror image's")
     p.add_argument("--json", action="store_true", help="print the ensemble's summary as JSON")

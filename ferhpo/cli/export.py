@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from ferhpo.cli.common import Command, import_keras, non_negative_int, positive_int, quiet_optuna
+from ferhpo.cli.common import Command, add_storage_argument, import_keras, non_negative_int, positive_int, quiet_optuna
 
 FORMATS = ("keras", "saved_model", "onnx")
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, help="study whose finished runs to export")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    add_storage_argument(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=non_negative_int, metavar="N", help="export trial N of a search (run 'trial-N')")
     which.add_argument("--run", metavar="NAME", help="export the run of this name (e.g. a baseline preset)")

@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ferhpo.cli.common import PROG, Command, UsageError, import_keras, non_negative_int, positive_int, quiet_optuna
+from ferhpo.cli.common import (
+    PROG,
+    Command,
+    UsageError,
+    add_storage_argument,
+    import_keras,
+    non_negative_int,
+    positive_int,
+    quiet_optuna,
+)
 from ferhpo.errors import FerhpoError
 
 HELP = "classify the faces in photos with an exported model or a study's best runs"
@@ -45,7 +54,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("a model from a study, instead of MODEL")
     g.add_argument("--study", metavar="NAME", help="rebuild the model from this study's finished runs")
-    g.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    add_storage_argument(g)
     pick = g.add_mutually_exclusive_group()
     pick.add_argument("--trial", type=non_negative_int, metavar="N", help="use trial N of the study (default: its best run)")
     pick.add_argument("--top", type=positive_int, metavar="K", help="average the probabilities of the study's K best runs")

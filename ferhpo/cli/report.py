@@ -6,6 +6,7 @@ import argparse
 
 from ferhpo.cli.common import (
     Command,
+    add_storage_argument,
     non_negative_int,
     positive_int,
     quiet_optuna,
@@ -14,7 +15,7 @@ from ferhpo.cli.common import (
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, help="study to report on (a search, a baseline study, or one still running)")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    add_storage_argument(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default: reports/<study>/); an earlier report there is replaced")
     p.add_argument("--format", default="md,html,csv,json", help="comma-separated formats: md, html, csv, json (default: all four)")
     p.add_argument("--top", type=positive_int, default=10, metavar="K",

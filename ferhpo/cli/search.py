@@ -12,6 +12,7 @@ from ferhpo.cli.common import (
     Command,
     UsageError,
     add_data_options,
+    add_storage_argument,
     import_keras,
     load_data,
     non_negative_float,
@@ -23,7 +24,7 @@ from ferhpo.cli.common import (
 
 
 def _search_arguments(p: argparse.ArgumentParser) -> None:
-    from ferhpo.config import BUDGETS
+    from ferhpo.config import BUDGETS, PRECISIONS
 
     add_data_options(p)
     p.add_argument(
@@ -61,8 +62,7 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
                    "a rerun continues up to this number")
     p.add_argument("--timeout", type=positive_int, metavar="SECONDS", help="stop starting new trials after this long")
     p.add_argument("--study", help="study name (default: <space>-<engine>-<budget>); rerunning the same command resumes it")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://user@host/db for several "
-                   "machines (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    add_storage_argument(p, example="e.g. postgresql://user@host/db for several machines")
     p.add_argument(
         "--budget",
         choices=list(BUDGETS),
@@ -77,7 +77,7 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the splits, the initialisation and the sampler (default 0)")
     p.add_argument(
         "--precision",
-        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+        choices=list(PRECISIONS),
         help="compute precision of every trial (default: the space's, float32 unless it fixes one); "
         "mixed_bfloat16 is faster on GPUs and on CPUs with bfloat16 units (see 'ferhpo bench')",
     )

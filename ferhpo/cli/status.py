@@ -7,6 +7,7 @@ import json
 
 from ferhpo.cli.common import (
     Command,
+    add_storage_argument,
     quiet_optuna,
 )
 
@@ -14,7 +15,7 @@ from ferhpo.cli.common import (
 def _status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", help="one study: counts, running trials (epoch, last value, heartbeat), best, time left "
                    "(default: every study in the storage)")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $FERHPO_STORAGE, else sqlite:///studies/ferhpo.db)")
+    add_storage_argument(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
