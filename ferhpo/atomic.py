@@ -1,7 +1,9 @@
 """Atomic file writes: a temporary file in the target's folder, fsync, then a rename.
 
 A reader (or a rerun after a crash or SIGKILL) sees the old file or the new one,
-never a truncated one; a failed write leaves no temporary file behind.
+never a truncated one; a failed write leaves no temporary file behind. A write holds
+`WRITING` from start to rename, so a process that ends itself at once (a trial on
+SIGTERM) can let the write in progress finish first.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -20,6 +23,10 @@ from ferhpo import faults
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+#: Held by every write of this module while it runs (re-entrant: a folder's files are
+#: written inside the folder's write).
+WRITING = threading.RLock()
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -28,7 +35,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     For writers that want a file name (Keras' `save_weights`, matplotlib's `savefig`).
     `suffix` keeps the extension such writers look at.
     """
-    target = Path(path)
+    with WRITING:
+        yield from _atomic_path(Path(path), suffix)
+
+
+def _atomic_path(target: Path, suffix: str) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".tmp-{target.name}-", suffix=suffix)
     os.fchmod(fd, 0o666 & ~_UMASK)
@@ -78,7 +89,11 @@ def swap_into_place(tmp: Path, out: Path) -> None:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder to fill; it replaces the folder `path` when the block
     succeeds, and is removed when it fails."""
-    target = Path(path)
+    with WRITING:
+        yield from _atomic_dir(Path(path))
+
+
+def _atomic_dir(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's folder is the owner's only

@@ -60,6 +60,16 @@ def raise_terminated_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def terminated() -> Terminated:
+    """`Terminated`, for a stop this process learns of otherwise than by its own SIGTERM
+    (its child was ended by one: the machine is being stopped). A SIGTERM still to come
+    is ignored, as after the first one."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return Terminated()
+
+
 def dump_stacks_on_sigusr1() -> None:
     """From now on, SIGUSR1 writes every thread's Python stack to stderr (the process's
     log) and the process goes on: ``kill -USR1 PID`` shows where a stuck search waits."""

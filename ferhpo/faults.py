@@ -6,7 +6,8 @@ worker or trial process kill that trial's worker, as the kernel's OOM killer or 
 worker kills itself. The points sit where a crash hurts most: between writing a
 temporary file and renaming it (`atomic-write`), right after a trial wrote to the
 storage (`trial-reported`), and between storing a trial's record and ending the
-trial (`worker-before-tell`). Unset, `point` costs one dictionary lookup.
+trial (`worker-before-tell`). Unset, `point` costs one dictionary lookup. `busy` and
+`limit_file_size` stand in for a trial that does not answer signals and a full disk.
 """
 
 from __future__ import annotations
@@ -33,6 +34,27 @@ def point(name: str) -> None:
     if role == "trial":
         os.kill(os.getppid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+BUSY_ENV = "FERHPO_FAULT_BUSY"
+
+
+def busy() -> None:
+    """``FERHPO_FAULT_BUSY=SECONDS``: in a trial process, the main thread holds off
+    SIGTERM for SECONDS, as a training step or a graph's compilation does that does not
+    return to Python meanwhile (its signal handler would wait that long). Says so on
+    stdout (the trial's log) first."""
+    raw = os.environ.get(BUSY_ENV)
+    if not raw or os.environ.get(ROLE) != "trial":
+        return
+    import time
+
+    print(f"fault: busy for {raw} s", flush=True)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        time.sleep(float(raw))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 FSIZE_ENV = "FERHPO_FAULT_FSIZE"

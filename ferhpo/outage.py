@@ -26,6 +26,7 @@ import optuna
 import tenacity
 
 from ferhpo.errors import StoreError, chain
+from ferhpo.redact import redact
 
 #: Longest wait between two attempts: a storage that is back is seen within this.
 MAX_WAIT = 10.0
@@ -101,11 +102,6 @@ def reason_of(exc: BaseException) -> str:
     text = str(getattr(cause, "orig", None) or cause).strip().splitlines()
     line = text[0] if text else type(cause).__name__
     return re.sub(r"\s+", " ", line)[:200]
-
-
-def redact(url: str) -> str:
-    """The storage URL without its password (for messages and logs)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def clock(stamp: float) -> str:

@@ -23,6 +23,7 @@ import optuna
 from ferhpo import store
 from ferhpo.engines import SETTINGS_ATTR
 from ferhpo.errors import StoreError
+from ferhpo.redact import redact
 from ferhpo.progress import PROGRESS_ATTR, WANTED_ATTR, RunProgress, clock, study_seconds_left
 
 
@@ -72,7 +73,7 @@ def open_existing_storage(url: str | None):
         path = Path(resolved[len("sqlite:///") :])
         if not path.is_file():
             raise StoreError(
-                f"no storage at {resolved} (no such file); expected an existing study database "
+                f"no storage at {redact(resolved)} (no such file); expected an existing study database "
                 f"(--storage URL or $FERHPO_STORAGE)"
             )
     return store.open_storage(resolved)
@@ -265,7 +266,7 @@ def render(s: StudyStatus) -> list[str]:
 def render_all(studies: list[StudyStatus], url: str) -> list[str]:
     """`ferhpo status` (every study) as lines of text."""
     if not studies:
-        return [f"no studies in {url}"]
+        return [f"no studies in {redact(url)}"]
     width = max(5, *(len(s.study) for s in studies)) + 2
     lines = [f"{'study':<{width}}{'kind':<10}{'trials':>8}{'complete':>10}{'pruned':>8}{'failed':>8}{'running':>9}  best"]
     for s in studies:

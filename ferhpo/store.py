@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ferhpo.errors import StoreError
+from ferhpo.redact import redact
 
 SCHEMA = 1
 RECORD_ATTR = "ferhpo.record"
@@ -159,14 +160,14 @@ def open_storage(url: str | None = None, *, heartbeat: bool = False, retry: floa
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the folder of storage {url} ({exc.strerror}); expected a writable path") from None
+            raise StoreError(f"cannot create the folder of storage {redact(url)} ({exc.strerror}); expected a writable path") from None
         if path.is_dir():
-            raise StoreError(f"storage {url} names a folder; expected a SQLite file path")
+            raise StoreError(f"storage {redact(url)} names a folder; expected a SQLite file path")
         # Workers, trial processes and heartbeats share one file: wait for the lock
         # rather than fail after SQLite's default 5 s.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     elif "://" not in url:
-        raise StoreError(f"storage {url!r} is not a URL; expected e.g. sqlite:///studies/ferhpo.db or postgresql://user@host/db")
+        raise StoreError(f"storage {redact(url)!r} is not a URL; expected e.g. sqlite:///studies/ferhpo.db or postgresql://user@host/db")
     else:
         engine_kwargs = {"pool_pre_ping": True}
         if url.startswith("postgres"):
@@ -197,9 +198,9 @@ def open_storage(url: str | None = None, *, heartbeat: bool = False, retry: floa
                 else f"the SQLAlchemy driver for {scheme} installed"
             )
             raise StoreError(
-                f"cannot open storage {url}: no database driver for {scheme}:// is installed; expected {hint}"
+                f"cannot open storage {redact(url)}: no database driver for {scheme}:// is installed; expected {hint}"
             ) from None
-        raise StoreError(f"cannot open storage {url}: {reason}; expected a reachable, writable Optuna storage") from None
+        raise StoreError(f"cannot open storage {redact(url)}: {redact(reason)}; expected a reachable, writable Optuna storage") from None
 
 
 def open_study(
@@ -235,7 +236,7 @@ def open_study(
     except KeyError:
         known = [s.study_name for s in storage.get_all_studies()]
         listed = ", ".join(known) if known else "none"
-        raise StoreError(f"no study {name!r} in {storage_url(url)}; studies there: {listed}") from None
+        raise StoreError(f"no study {name!r} in {redact(storage_url(url))}; studies there: {listed}") from None
 
 
 def add_record(study, record: RunRecord, value: float | None = None) -> None:

@@ -16,6 +16,7 @@ from ferhpo import __version__
 from ferhpo.cli import baseline, bench, confirm, data, ensemble, export, predict, report, search, status
 from ferhpo.cli.common import PROG, Command, Parser
 from ferhpo.errors import FerhpoError
+from ferhpo.redact import redact
 
 COMMANDS: tuple[Command, ...] = (
     data.COMMAND,
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args._run(args)
     except FerhpoError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # a bug: keep the traceback for the report
-        traceback.print_exc()
-        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (please report it)", file=sys.stderr)
+        print(redact(traceback.format_exc()), end="", file=sys.stderr)
+        print(f"{PROG}: internal error: {type(exc).__name__}: {redact(str(exc))} (please report it)", file=sys.stderr)
         return 1
 
 

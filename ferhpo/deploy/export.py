@@ -19,7 +19,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -33,6 +32,7 @@ from ferhpo.atomic import atomic_open, write_json
 from ferhpo.data import CLASSES
 from ferhpo.deploy import DeployError, as_batch
 from ferhpo.errors import ConfigError
+from ferhpo.redact import redact
 
 __all__ = ["FORMATS", "CARD", "MARKER", "export", "load_export", "model_card", "card_markdown"]
 
@@ -237,11 +237,6 @@ def _fsync_tree(folder: Path) -> None:
 # --------------------------------------------------------------------------- the model card
 
 
-def _redact(url: str | None) -> str | None:
-    """A storage URL without its password (postgresql://user:secret@host -> user:***@host)."""
-    return None if url is None else re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
 def _member(record: store.RunRecord) -> dict:
     evaluation = record.evaluation
     accuracy = {name: evaluation[name]["accuracy"] for name in ("test", "test_public", "test_private") if name in evaluation}
@@ -320,7 +315,7 @@ def model_card(
         "params": params,
         "members": [_member(r) for r in records],
         "study": study_name if study_name is not None else records[0].study,
-        "storage": _redact(storage),
+        "storage": redact(storage),
         "data_fingerprint": fingerprints[0] if len(fingerprints) == 1 else fingerprints,
         "evaluation": {k: {m: v.get(m) for m in ("accuracy", "macro_f1", "n")} for k, v in (evaluation or {}).items()} or None,
         "accuracy_note": "validation and test accuracies of the members are each member's own, as recorded; "

@@ -15,6 +15,7 @@ parameters; a trial started by a race past the count is marked surplus and ignor
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import shutil
 import sys
@@ -33,6 +34,7 @@ from ferhpo.engines.trial import RECORD, SPEC, TrialFailed, objective_value, run
 from ferhpo.errors import ConfigError, FerhpoError, StoreError, Terminated, chain, dump_stacks_on_sigusr1, raise_terminated_on_sigterm
 from ferhpo.outage import RetryingRDBStorage, StorageUnavailable, call
 from ferhpo.progress import PROGRESS_ATTR
+from ferhpo.redact import real_url, redact
 from ferhpo.store import counts
 from ferhpo.spaces import load_space, suggest_optuna
 
@@ -338,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     """Worker process entry: ``python -m ferhpo.engines.optuna_engine SETTINGS INDEX [DEADLINE]``."""
     argv = sys.argv[1:] if argv is None else argv
     settings = SearchSettings.from_json(Path(argv[0]).read_text())
+    settings = dataclasses.replace(settings, storage=real_url(settings.storage))
     deadline = float(argv[2]) if len(argv) > 2 and argv[2] != "none" else None
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     dump_stacks_on_sigusr1()
@@ -349,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except FerhpoError as exc:
-        print(f"ferhpo: error: {exc}", file=sys.stderr)
+        print(f"ferhpo: error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
 
 

@@ -8,7 +8,6 @@ KerasTuner engine, and polls the storage for the live progress line.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from ferhpo.engines.trial import die_with_parent
 from ferhpo.errors import FerhpoError, Terminated, WorkerError
 from ferhpo.outage import unreachable
 from ferhpo.progress import WANTED_ATTR
+from ferhpo.redact import child_env, redact
 from ferhpo.status import StudyStatus, snapshot
 
 
@@ -80,13 +80,15 @@ def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress]
     """Run `settings.workers` worker processes until `study` (from `prepare_study`) has its trials."""
     folder = study_dir(settings)
     settings_path = folder / "search-settings.json"
-    write_json(settings_path, dataclasses.asdict(settings))
+    # The file is the workers' settings, without the password: they get the URL from
+    # their environment (`ferhpo.redact`).
+    write_json(settings_path, {**dataclasses.asdict(settings), "storage": redact(settings.storage)})
     # The live line reads through a storage of its own that never waits: during an outage
     # it says so, while the workers wait.
     watched = store.open_study(settings.study, settings.storage, create=False)
     start = time.time()
     deadline = "none" if settings.timeout is None else repr(start + settings.timeout)
-    env = {**os.environ, faults.ROLE: "worker"}
+    env = {**child_env(settings.storage), faults.ROLE: "worker"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     workers, logs = [], []
     for index in range(settings.workers):

@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,13 @@ from typing import Any
 
 from ferhpo import faults
 from ferhpo.atomic import write_json
-from ferhpo.config import TrainConfig, model_config_to_dict, thread_env, usable_cores
+from ferhpo.config import TrainConfig, model_config_to_dict
 from ferhpo.engines import SearchSettings
-from ferhpo.errors import FerhpoError, Terminated, chain, dump_stacks_on_sigusr1, raise_terminated_on_sigterm
+from ferhpo.atomic import WRITING
+from ferhpo.errors import FerhpoError, Terminated, chain, dump_stacks_on_sigusr1, terminated
 from ferhpo.phases import SPAWNED_AT, PhaseClock
+from ferhpo.redact import real_url, redact
+from ferhpo.threads import thread_env, usable_cores
 
 SPEC = "spec.json"
 RECORD = "record.json"
@@ -90,6 +94,10 @@ def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=N
         )
         try:
             code = child.wait()
+            if code in (Terminated.exit_code, -signal.SIGTERM):
+                # SIGTERM reached the trial first (Slurm signals every process of a job):
+                # the same stop as when it reaches this process.
+                raise terminated()
         except BaseException as exc:
             # Ctrl-C or the worker being stopped: never leave an orphan training.
             if isinstance(exc, Terminated):
@@ -133,7 +141,7 @@ def trial_spec(
         "checkpoint_every": s.checkpoint_every,
         "resume_from": str(resume) if resume is not None else None,
         "study": s.study,
-        "storage": s.storage if trial is not None else None,
+        "storage": redact(s.storage) if trial is not None else None,  # the real URL: in the environment
         "trial_id": trial._trial_id if trial is not None else None,
         "trial_number": trial.number if trial is not None else None,
         "name": name,
@@ -261,6 +269,7 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
             progress.begin_epoch()
             if epoch == 0:  # training has begun (start-up, data and tracing are behind)
                 publish()
+                faults.busy()
 
         def on_train_batch_end(self, batch, logs=None):
             progress.end_batch(batch + 1, self.params.get("steps"))
@@ -337,7 +346,7 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
             try:  # the trial trains on if the storage is away: its worker waits for it
                 study = optuna.load_study(
                     study_name=spec["study"],
-                    storage=store.open_storage(spec["storage"], retry=0),
+                    storage=store.open_storage(real_url(spec["storage"]), retry=0),
                     pruner=make_pruner(spec["search"]["pruner"], train.epochs),
                 )
             except StorageUnavailable:
@@ -394,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(spec_path.read_text())
     folder = Path(spec["folder"])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    end_at_once_on_sigterm()  # first: threads started later inherit its signal mask
     dump_stacks_on_sigusr1()
-    raise_terminated_on_sigterm()
     # Writing past a file-size limit should fail the write (EFBIG), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     faults.limit_file_size()
@@ -408,8 +417,6 @@ def main(argv: list[str] | None = None) -> int:
         phases.mark_startup()
         run_trial(spec, phases=phases)
         return 0
-    except Terminated:
-        return 143
     except KeyboardInterrupt:
         return 130
     except FerhpoError as exc:
@@ -420,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         try:
-            traceback.print_exc()
+            print(redact(traceback.format_exc()), end="", file=sys.stderr)
         except OSError:  # the log's disk is full too: the failure file says why
             pass
         text = str(exc).strip().splitlines()
@@ -437,10 +444,36 @@ def main(argv: list[str] | None = None) -> int:
         return _failed(folder, f"{kind}: {text[0] if text else ''}".rstrip(": "))
 
 
+def end_at_once_on_sigterm() -> None:
+    """From now on, SIGTERM ends this process within moments, whatever it is doing.
+
+    A Python signal handler runs only when the main thread returns to Python, which a
+    training step, a graph's compilation or the backend's start-up may not do for tens
+    of seconds; a scheduler's grace period is often 30 s. A stopped trial's partial work
+    is discarded anyway: its worker re-queues it, to resume from its last checkpoint.
+    So a thread of its own waits for the signal (blocked in every other thread: threads
+    started later inherit the mask), lets a write in progress finish (`atomic.WRITING`,
+    a checkpoint included), and ends the process with 143.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        signal.sigwait({signal.SIGTERM})
+        with WRITING:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(Terminated.exit_code)
+
+    threading.Thread(target=wait, name="sigterm", daemon=True).start()
+
+
 def _failed(folder: Path, error: str, disk_full: bool = False) -> int:
     """Leave why the trial failed (`failure.json`) for its worker; the exit code."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / FAILURE, {"error": error, "disk_full": disk_full})
+    write_json(folder / FAILURE, {"error": redact(error), "disk_full": disk_full})
     return 1
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from ferhpo import store
 from ferhpo.errors import StoreError
+from ferhpo.redact import redact
 
 #: The search settings a search saves on its study (ferhpo.engines.SETTINGS_ATTR; the
 #: report reads the store only, so the name is repeated here).
@@ -126,7 +127,7 @@ def open_storage(url: str | None):
     if path is not None and not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise StoreError(
-            f"cannot open storage {resolved}: {path} {what}; expected the storage a baseline or search "
+            f"cannot open storage {redact(resolved)}: {path} {what}; expected the storage a baseline or search "
             f"wrote (--storage URL or $FERHPO_STORAGE)"
         )
     try:
@@ -135,7 +136,7 @@ def open_storage(url: str | None):
         raise
     except Exception as exc:  # e.g. an Optuna schema newer or older than this Optuna
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreError(f"cannot open storage {resolved}: {reason}; expected an Optuna storage this Optuna can read") from None
+        raise StoreError(f"cannot open storage {redact(resolved)}: {redact(reason)}; expected an Optuna storage this Optuna can read") from None
 
 
 def _objective(trial, record: store.RunRecord) -> float | None:
@@ -207,7 +208,7 @@ def load_study(
 ) -> StudyData:
     """Everything the report needs about study `name`; StoreError when it cannot be read."""
     storage = open_storage(url)
-    resolved = store.storage_url(url)
+    resolved = redact(store.storage_url(url))  # shown in the report, never the password
     study = store.open_study(name, url, create=False, storage=storage)
     runs = _runs(study, root)
     failures = _failures(study)
