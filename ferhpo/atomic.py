@@ -28,6 +28,18 @@ os.umask(_UMASK)
 WRITING = threading.RLock()
 
 
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create `folder` (and its parents) and write a file in it, which is then removed:
+    the one sure test that a command will be able to write there (permissions, a
+    read-only mount, /proc, a quota all show). OSError when it cannot; the folder."""
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target, prefix=".ferhpo-probe-") as probe:
+        probe.write(b"ferhpo")
+        probe.flush()
+    return target
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path to write; it replaces `path` when the block succeeds.

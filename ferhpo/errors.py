@@ -60,7 +60,7 @@ def raise_terminated_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def terminated() -> Terminated:
+def as_terminated() -> Terminated:
     """`Terminated`, for a stop this process learns of otherwise than by its own SIGTERM
     (its child was ended by one: the machine is being stopped). A SIGTERM still to come
     is ignored, as after the first one."""

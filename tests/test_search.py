@@ -159,16 +159,18 @@ def test_ctrl_c_stops_cleanly_and_queues_the_interrupted_trial(small_data, space
 # --------------------------------------------------------------------------- failures and objectives
 
 
-def test_a_diverging_trial_is_recorded_as_failed_and_the_study_goes_on(small_data, workdir):
+def test_a_diverging_trial_is_recorded_as_failed_and_the_study_goes_on_but_exits_1(small_data, workdir):
     path = workdir / "diverging.toml"
     path.write_text(space_text("diverging"))
     result = search(path, small_data, "--trials", "2", "--study", "nan", "--max-epochs", "3", cwd=workdir)
-    assert result.returncode == 0, result.stderr
     study = load(workdir, "nan")
     failures = store.failures(study)
     assert len(failures) == 2 and len(counted(study)) == 2
     assert all("diverged" in f["error"] for f in failures), failures
     assert "no trial completed yet" in result.stdout
+    # It did not do its job: exit 1, said on one line.
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("ferhpo: error: no trial completed and 2 failed")
 
 
 def test_two_objectives_store_a_pareto_front(small_data, space, workdir):

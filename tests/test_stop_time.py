@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 
-from conftest import TINY_SPACE, finish, start_cli, wait_for
+from conftest import finish, start_cli, wait_for
 from ferhpo import store
 
 LIMIT = 10.0  # seconds from SIGTERM to exit

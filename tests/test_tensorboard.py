@@ -6,6 +6,8 @@ That trials really write their curves is checked by the search tests
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ferhpo.cli import main
@@ -22,14 +24,23 @@ def test_run_names_carry_the_trial_and_its_first_hyperparameters():
     assert "/" not in run_name("a/b", {"k": "c d"})
 
 
-def test_check_folder_accepts_new_and_existing_folders_and_creates_nothing(tmp_path):
+def test_check_folder_creates_the_folder_and_leaves_nothing_in_it(tmp_path):
     assert check_folder(str(tmp_path / "tb" / "deeper")) == str(tmp_path / "tb" / "deeper")
-    assert not (tmp_path / "tb").exists()
+    assert (tmp_path / "tb" / "deeper").is_dir() and not list((tmp_path / "tb" / "deeper").iterdir())
+    assert check_folder(str(tmp_path / "tb")) == str(tmp_path / "tb")  # an existing one
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     for bad in (blocker, blocker / "tb"):
         with pytest.raises(ConfigError, match="expected a folder"):
             check_folder(str(bad))
+
+
+def test_check_folder_writes_where_permissions_say_nothing():
+    """/proc looks writable to root by its mode bits; only writing there shows it is not."""
+    if not Path("/proc/self").exists():
+        pytest.skip("no /proc on this system")
+    with pytest.raises(ConfigError, match="--tensorboard /proc/nope: cannot write there"):
+        check_folder("/proc/nope")
 
 
 @pytest.mark.parametrize("command", ["search", "baseline"])

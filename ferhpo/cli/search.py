@@ -21,6 +21,7 @@ from ferhpo.cli.common import (
     positive_int,
     quiet_optuna,
 )
+from ferhpo.redact import redact
 
 
 def _search_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,6 +95,14 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="save a resume checkpoint every N epochs: a trial stopped by SIGTERM (preemption) or a killed "
         "worker resumes from its last checkpoint when it is retried (default: no checkpoints; retries start over)",
+    )
+    p.add_argument(
+        "--fail-fast",
+        type=non_negative_int,
+        default=3,
+        metavar="N",
+        help="stop the search (exit 1) when its first N trials all fail for the same reason before any completes: "
+        "every next one would too (default 3; 0: run on regardless)",
     )
     p.add_argument(
         "--storage-retry",
@@ -196,6 +205,7 @@ def _search_run(args: argparse.Namespace) -> int:
         tensorboard=tensorboard,
         storage_retry=args.storage_retry,
         checkpoint_every=args.checkpoint_every,
+        fail_fast=args.fail_fast,
     )
     quiet_optuna()
     from ferhpo.engines.runner import prepare_study
@@ -207,7 +217,7 @@ def _search_run(args: argparse.Namespace) -> int:
     live = _LiveLine(objectives[0], args.workers)
     what = "Hyperband tuner" if sampler == "hyperband" and args.engine == "keras-tuner" else f"sampler {sampler}, pruner {pruner}"
     print(
-        f"search: study '{study_name}' in {storage}; space {space.name} ({len(space.params)} parameters); "
+        f"search: study '{study_name}' in {redact(storage)}; space {space.name} ({len(space.params)} parameters); "
         f"engine {args.engine} ({what}); objective {','.join(objectives)} on the {args.protocol} validation split; "
         f"{args.trials} trials, {budget.describe()}; {args.workers} worker(s)",
         flush=True,
@@ -244,6 +254,13 @@ def _search_run(args: argparse.Namespace) -> int:
 
     print(f"study '{study_name}': {c['done']} trial(s) ({kept}) in {clock(outcome.elapsed)}; "
           f"ferhpo report --study {study_name} ranks them against the baselines")
+    if c["failed"] and not c["complete"]:
+        # Pruned trials are the pruner's work, not failures; but a search that completed
+        # nothing and failed some did not do its job.
+        logs = Path(settings.study_dir) / study_name / "trial-*" / "trial.log"
+        print(f"{PROG}: error: no trial completed and {c['failed']} failed; the reasons are in the report "
+              f"(ferhpo report --study {study_name}) and the trial logs ({logs})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -355,6 +372,7 @@ def _print_top(study, settings) -> None:
     if not rows:
         print("no trial completed yet")
         return
+    from ferhpo.formatting import format_brief
     from ferhpo.spaces import load_space
 
     defaults = load_space(settings.space_path).defaults()
@@ -364,15 +382,11 @@ def _print_top(study, settings) -> None:
     for rank, r in enumerate(rows, 1):
         test = r.test_accuracy
         changed = {k: v for k, v in r.hyperparameters.items() if defaults.get(k, object()) != v}
-        hp = ", ".join(f"{k}={_short(v)}" for k, v in changed.items()) or "(all defaults)"
+        hp = ", ".join(f"{k}={format_brief(v)}" for k, v in changed.items()) or "(all defaults)"
         print(
             f"{rank:>4}  {r.run:<10}{objective_value(r.to_dict(), settings.objectives[0]):>14.4f}"
             f"{(f'{test:.4f}' if test is not None else '-'):>10}{r.params:>12,}{r.epochs_run:>8}  {hp}"
         )
-
-
-def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 COMMAND = Command("search", "search DenseNet/ResNet architectures and training recipes", _search_arguments, _search_run)

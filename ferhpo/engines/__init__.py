@@ -53,6 +53,7 @@ class SearchSettings:
     tensorboard: str | None = None  # a folder for each trial's TensorBoard curves (absolute)
     storage_retry: float = 600.0  # seconds a worker rides out a storage outage (ferhpo.outage)
     checkpoint_every: int | None = None  # epochs between a trial's resume checkpoints
+    fail_fast: int = 3  # stop when the first this many trials all fail alike (0: never)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self, train, *, epochs: int):

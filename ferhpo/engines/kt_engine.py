@@ -25,12 +25,16 @@ from ferhpo import store
 from ferhpo.store import counts
 from ferhpo.atomic import write_json
 from ferhpo.engines import SearchSettings, study_dir
-from ferhpo.engines.runner import Progress, SearchOutcome
+from ferhpo.engines.runner import Progress, SearchOutcome, fail_fast_reason, search_failed
 from ferhpo.engines.trial import SPEC, TrialFailed, objective_value, run_process, trial_env, trial_preexec, trial_spec
 from ferhpo.errors import ConfigError
 from ferhpo.spaces import Space, declare_keras_tuner, load_space
 
 TUNERS = {"random": "RandomSearch", "gp": "BayesianOptimization", "hyperband": "Hyperband"}
+
+
+class _Doomed(keras_tuner.errors.FatalError):
+    """The first trials all failed alike (`runner.fail_fast_reason`): the search stops."""
 
 
 def _oracle(settings: SearchSettings, objective: keras_tuner.Objective):
@@ -114,6 +118,9 @@ class ProcessTuner(keras_tuner.Tuner):
         )
         self.study.add_trial(trial)
         self.on_trial()
+        doomed = fail_fast_reason(self.study.get_trials(deepcopy=False), self.settings.fail_fast)
+        if doomed is not None:
+            raise _Doomed(doomed)  # a FatalError: KerasTuner stops the search
         raise TrialFailed(reason)
 
     def on_epoch_end(self, *args, **kwargs):  # no in-process model, nothing to checkpoint
@@ -142,6 +149,9 @@ def run_keras_tuner(settings: SearchSettings, study, on_progress: Callable[[Prog
         tuner.search(verbose=0)
     except KeyboardInterrupt:
         interrupted = True
+    except _Doomed as exc:
+        report()
+        raise search_failed(settings, str(exc)) from None
     report()
     return SearchOutcome(interrupted, counts(study), time.time() - start)
 

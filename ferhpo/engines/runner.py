@@ -8,6 +8,7 @@ KerasTuner engine, and polls the storage for the live progress line.
 from __future__ import annotations
 
 import dataclasses
+import re
 import signal
 import subprocess
 import sys
@@ -17,10 +18,10 @@ from typing import Callable
 
 
 from ferhpo import faults, store
-from ferhpo.atomic import write_json
+from ferhpo.atomic import check_writable, write_json
 from ferhpo.engines import SETTINGS_ATTR, SearchSettings, check_resume, study_dir
 from ferhpo.engines.trial import die_with_parent
-from ferhpo.errors import FerhpoError, Terminated, WorkerError
+from ferhpo.errors import FerhpoError, StoreError, Terminated, WorkerError, as_terminated
 from ferhpo.outage import unreachable
 from ferhpo.progress import WANTED_ATTR
 from ferhpo.redact import child_env, redact
@@ -40,6 +41,41 @@ class Progress:
     storage_down_since: float | None = None  # the storage did not answer (an outage) since then
 
 
+class SearchFailed(FerhpoError):
+    """The search's first trials all failed for the same reason: every next one would
+    too (exit 1). Its running trials were stopped and re-queued, as on Ctrl-C."""
+
+    exit_code = 1
+
+
+def _gist(reason: str) -> str:
+    """A failure's reason without what differs from trial to trial (paths, numbers)."""
+    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "N", re.sub(r"\S*/\S*", "PATH", reason))
+
+
+def fail_fast_reason(trials, first: int) -> str | None:
+    """The reason for which the first `first` failed trials all failed, when no trial has
+    completed or been pruned; None otherwise (or when `first` is 0). Only a trial's own
+    failures count: not a killed worker's, an interrupted or a surplus trial."""
+    import optuna
+
+    if first <= 0 or any(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials):
+        return None
+    failed = sorted((t for t in trials if store.counted(t) and t.state == optuna.trial.TrialState.FAIL), key=lambda t: t.number)
+    if len(failed) < first:
+        return None
+    reasons = [str(t.user_attrs.get(store.ERROR_ATTR)) for t in failed[:first]]
+    return reasons[0] if len({_gist(r) for r in reasons}) == 1 else None
+
+
+def search_failed(settings: SearchSettings, reason: str) -> SearchFailed:
+    logs = study_dir(settings) / "trial-*" / "trial.log"
+    return SearchFailed(
+        f"the first {settings.fail_fast} trials all failed for the same reason, so the search stopped: {reason}; "
+        f"trial logs: {logs}; fix the cause and rerun the same command (--fail-fast 0 goes on regardless)"
+    )
+
+
 @dataclass(frozen=True)
 class SearchOutcome:
     interrupted: bool
@@ -53,6 +89,11 @@ def prepare_study(settings: SearchSettings):
 
     A storage that cannot be reached now fails at once, with one line: never reached, it
     is more likely a wrong URL than an outage (the workers ride out those)."""
+    folder = study_dir(settings)
+    try:
+        check_writable(folder)  # every trial writes there: a search that cannot, stops before it starts
+    except OSError as exc:
+        raise StoreError(f"cannot write the study's folder {folder} ({exc.strerror or exc}); expected a writable folder") from None
     study = store.open_study(settings.study, settings.storage, directions=settings.directions)
     saved = study.user_attrs.get(SETTINGS_ATTR)
     if saved is None and study.get_trials(deepcopy=False):
@@ -105,18 +146,23 @@ def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress]
                 )
             )
     interrupted = terminated = False
+    doomed = None  # the reason every trial fails for, once the first ones all did
     last = None
     try:
         while any(w.poll() is None for w in workers):
             last = _watch(watched, settings, start, last)
             on_progress(last)  # the live line decides what to show
+            if settings.fail_fast and last.counts["failed"] >= settings.fail_fast and not last.counts["complete"]:
+                doomed = fail_fast_reason(watched.get_trials(deepcopy=False), settings.fail_fast)
+                if doomed is not None:
+                    raise as_terminated()  # stop the workers the quickest way; they re-queue their trials
             time.sleep(1.0)
     except KeyboardInterrupt as exc:
         interrupted = True
         if isinstance(exc, Terminated):
             # SIGTERM reached this process only (Kubernetes signals the container's first
             # process): pass it on; each worker re-queues its trial and exits with 143.
-            terminated = True
+            terminated = doomed is None
             for w in workers:
                 if w.poll() is None:
                     w.send_signal(signal.SIGTERM)
@@ -130,6 +176,8 @@ def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress]
     codes = [w.wait() for w in workers]
     last = _watch(watched, settings, start, last)
     on_progress(last)
+    if doomed is not None:
+        raise search_failed(settings, doomed)
     failures = []
     for index, (code, log_path) in enumerate(zip(codes, logs)):
         if code in (130, 143):
@@ -183,8 +231,7 @@ def top_records(study, settings: SearchSettings, k: int = 5) -> list[store.RunRe
     from ferhpo.engines.trial import objective_value
 
     done = [r for r in store.records(study, states=("complete",)) if r.kind == "trial"]
-    done.sort(key=lambda r: objective_value(r.to_dict(), settings.objectives[0]), reverse=True)
-    return done[:k]
+    return store.best_first(done, lambda r: objective_value(r.to_dict(), settings.objectives[0]))[:k]
 
 
 def pareto_records(study) -> list[store.RunRecord]:

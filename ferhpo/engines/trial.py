@@ -33,7 +33,7 @@ from ferhpo.atomic import write_json
 from ferhpo.config import TrainConfig, model_config_to_dict
 from ferhpo.engines import SearchSettings
 from ferhpo.atomic import WRITING
-from ferhpo.errors import FerhpoError, Terminated, chain, dump_stacks_on_sigusr1, terminated
+from ferhpo.errors import FerhpoError, Terminated, as_terminated, chain, dump_stacks_on_sigusr1
 from ferhpo.phases import SPAWNED_AT, PhaseClock
 from ferhpo.redact import real_url, redact
 from ferhpo.threads import thread_env, usable_cores
@@ -97,7 +97,7 @@ def run_process(folder: Path, *, env: dict[str, str] | None = None, preexec_fn=N
             if code in (Terminated.exit_code, -signal.SIGTERM):
                 # SIGTERM reached the trial first (Slurm signals every process of a job):
                 # the same stop as when it reaches this process.
-                raise terminated()
+                raise as_terminated()
         except BaseException as exc:
             # Ctrl-C or the worker being stopped: never leave an orphan training.
             if isinstance(exc, Terminated):
