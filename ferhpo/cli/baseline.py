@@ -94,7 +94,7 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 @dataclass(frozen=True)
-class _Planned:
+class _PlannedRun:
     """A configuration `ferhpo baseline` trains, under the name its results carry."""
 
     name: str
@@ -104,7 +104,7 @@ class _Planned:
     reported_test_accuracy: float | None  # the study's number, for an unmodified preset only
 
 
-def _select_runs(args: argparse.Namespace) -> list[_Planned]:
+def _select_runs(args: argparse.Namespace) -> list[_PlannedRun]:
     """The presets (or the space's defaults) with --set/--seed/--precision applied. A
     configuration changed by --set is named after its changes and never carries the
     preset's reported accuracy: it is not the model the study reported."""
@@ -124,14 +124,14 @@ def _select_runs(args: argparse.Namespace) -> list[_Planned]:
         space = load_space(args.space)
         name = f"{space.name}-reference"
         model, train = override(*space.configs(space.defaults()), overrides, owner=f"space {space.name!r}")
-        return [_Planned(override_name(name, changes), model, train, args.protocol or "holdout", None)]
+        return [_PlannedRun(override_name(name, changes), model, train, args.protocol or "holdout", None)]
     names = args.only or list(load_presets(args.presets))
     planned = []
     for name in dict.fromkeys(names):
         preset = get_preset(name, path=args.presets, **overrides)
         renamed = override_name(preset.name, changes)
         reported = preset.reported_test_accuracy if renamed == preset.name else None
-        planned.append(_Planned(renamed, preset.model, preset.train, args.protocol or preset.protocol, reported))
+        planned.append(_PlannedRun(renamed, preset.model, preset.train, args.protocol or preset.protocol, reported))
     return planned
 
 
@@ -183,12 +183,12 @@ def _baseline_run(args: argparse.Namespace) -> int:
     # The first run's clock includes the command's start-up and data load, which the
     # later runs of the same command share.
     phases = PhaseClock()
-    presets = _select_runs(args)
-    tensorboard = None
+    planned_runs = _select_runs(args)
+    tensorboard_dir = None
     if args.tensorboard is not None:
         from ferhpo.tensorboard_logs import check_folder
 
-        tensorboard = check_folder(args.tensorboard)  # before any work
+        tensorboard_dir = check_folder(args.tensorboard)  # before any work
     budget = get_budget(args.budget, epochs=args.epochs, train_limit=args.train_limit)
     with phases.phase("data"):
         data = load_data(args)
@@ -198,55 +198,62 @@ def _baseline_run(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json else sys.stdout
 
     plan = []
-    for preset in presets:
-        train = runs.budgeted(preset.train, budget)
-        key = runs.run_key(preset.name, preset.model, train, budget, preset.protocol, data.info.fingerprint)
-        done = None if args.force else runs.find_finished(study, key)
-        plan.append((preset, train, preset.protocol, done))
+    for planned in planned_runs:
+        train = runs.budgeted(planned.train, budget)
+        key = runs.run_key(planned.name, planned.model, train, budget, planned.protocol, data.info.fingerprint)
+        finished_record = None if args.force else runs.find_finished(study, key)
+        plan.append((planned, train, finished_record))
 
     results, finished = [], []
-    todo = [p for p in plan if p[3] is None]
-    progress = _Progress(total_epochs=sum(p[1].epochs for p in todo), runs=len(todo), out=out)
+    to_train = [train for _, train, finished_record in plan if finished_record is None]
+    progress = TrainingProgress(total_epochs=sum(train.epochs for train in to_train), runs=len(to_train), out=out)
     phases.mark_startup()
-    for preset, train, protocol, done in plan:
-        if done is not None:
-            print(f"{preset.name}: already finished at budget {budget.name} ({done.run_id}); skipped (--force retrains)", file=out)
-            results.append(_run_summary(done, skipped=True))
+    for planned, train, finished_record in plan:
+        if finished_record is not None:
+            print(
+                f"{planned.name}: already finished at budget {budget.name} ({finished_record.run_id}); "
+                f"skipped (--force retrains)",
+                file=out,
+            )
+            results.append(run_summary(finished_record, skipped=True))
             continue
         phases = phases if not finished else PhaseClock(time.time())
         try:
             record = runs.train_and_record(
                 study,
-                name=preset.name,
+                name=planned.name,
                 kind="baseline",
-                model=preset.model,
+                model=planned.model,
                 train=train,
                 data=data,
-                protocol=protocol,
+                protocol=planned.protocol,
                 budget=budget,
-                callbacks=[progress.callback(preset.name, train.epochs), *_tensorboard(tensorboard, preset.name, budget)],
-                reported_test_accuracy=preset.reported_test_accuracy,
+                callbacks=[
+                    progress.callback(planned.name, train.epochs),
+                    *_tensorboard_callbacks(tensorboard_dir, planned.name, budget),
+                ],
+                reported_test_accuracy=planned.reported_test_accuracy,
                 phases=phases,
             )
         except KeyboardInterrupt:
             progress.close()
             kept = ", ".join(finished) or "none"
             print(
-                f"{PROG}: interrupted during {preset.name}; its partial run was discarded; finished and kept in "
+                f"{PROG}: interrupted during {planned.name}; its partial run was discarded; finished and kept in "
                 f"study '{study.study_name}': {kept}; rerun the same command to continue",
                 file=sys.stderr,
             )
             return 130
-        finished.append(preset.name)
-        results.append(_run_summary(record, skipped=False))
-        progress.write(_summary_line(record))
+        finished.append(planned.name)
+        results.append(run_summary(record, skipped=False))
+        progress.write(summary_line(record))
     progress.close()
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
 
 
-def _tensorboard(folder: str | None, name: str, budget) -> list:
+def _tensorboard_callbacks(folder: str | None, name: str, budget) -> list:
     """A baseline run's TensorBoard callback (none without --tensorboard)."""
     if folder is None:
         return []
@@ -255,10 +262,11 @@ def _tensorboard(folder: str | None, name: str, budget) -> list:
     return [callback(folder, f"{name}-{budget.name}")]
 
 
-def _run_summary(record, *, skipped: bool) -> dict:
+def run_summary(record, *, skipped: bool) -> dict:
+    """A finished run as `baseline --json` and `confirm --json` print it."""
     from ferhpo.store import STUDIES_DIR
 
-    ev = record.evaluation
+    evaluation = record.evaluation
     return {
         "name": record.run,
         "run_id": record.run_id,
@@ -268,11 +276,11 @@ def _run_summary(record, *, skipped: bool) -> dict:
         "epochs": record.epochs_run,
         "protocol": record.protocol,
         "best_val_accuracy": record.best_val_accuracy,
-        "test_accuracy": ev.get("test", {}).get("accuracy"),
-        "test_public_accuracy": ev.get("test_public", {}).get("accuracy"),
-        "test_private_accuracy": ev.get("test_private", {}).get("accuracy"),
-        "test_images": ev.get("test", {}).get("n"),
-        "macro_f1": ev.get("test", {}).get("macro_f1"),
+        "test_accuracy": evaluation.get("test", {}).get("accuracy"),
+        "test_public_accuracy": evaluation.get("test_public", {}).get("accuracy"),
+        "test_private_accuracy": evaluation.get("test_private", {}).get("accuracy"),
+        "test_images": evaluation.get("test", {}).get("n"),
+        "macro_f1": evaluation.get("test", {}).get("macro_f1"),
         "reported_test_accuracy": record.reported_test_accuracy,
         "params": record.params,
         "wall_seconds": record.wall_seconds,
@@ -283,20 +291,23 @@ def _run_summary(record, *, skipped: bool) -> dict:
     }
 
 
-def _summary_line(record) -> str:
-    s = _run_summary(record, skipped=False)
+def summary_line(record) -> str:
+    """A finished run in one line: its budget, accuracies, size and speed."""
+    summary = run_summary(record, skipped=False)
     halves = ""
-    if s["test_public_accuracy"] is not None and s["test_private_accuracy"] is not None:
-        halves = f" (public {s['test_public_accuracy']:.4f}, private {s['test_private_accuracy']:.4f})"
-    reported = f"  reported {s['reported_test_accuracy']:.4f}" if s["reported_test_accuracy"] is not None else ""
+    if summary["test_public_accuracy"] is not None and summary["test_private_accuracy"] is not None:
+        halves = f" (public {summary['test_public_accuracy']:.4f}, private {summary['test_private_accuracy']:.4f})"
+    reported = summary["reported_test_accuracy"]
+    reported_text = f"  reported {reported:.4f}" if reported is not None else ""
     return (
-        f"{s['name']}: {s['budget']} budget, {s['epochs']} epoch(s), best val {s['best_val_accuracy']:.4f}, "
-        f"test {s['test_accuracy']:.4f} on {s['test_images']:,} images{halves}{reported}, "
-        f"{s['params']:,} params, {s['wall_seconds']:.1f} s, {s['images_per_second']:.1f} img/s"
+        f"{summary['name']}: {summary['budget']} budget, {summary['epochs']} epoch(s), "
+        f"best val {summary['best_val_accuracy']:.4f}, "
+        f"test {summary['test_accuracy']:.4f} on {summary['test_images']:,} images{halves}{reported_text}, "
+        f"{summary['params']:,} params, {summary['wall_seconds']:.1f} s, {summary['images_per_second']:.1f} img/s"
     )
 
 
-class _Progress:
+class TrainingProgress:
     """Progress of `ferhpo baseline` on stderr: all epochs of the command, and this epoch.
 
     On a terminal, two bars (tqdm); otherwise one line per epoch with its measured time,

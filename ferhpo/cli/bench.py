@@ -76,29 +76,35 @@ def _bench_run(args: argparse.Namespace) -> int:
 
     if os.environ.get(_BENCH_CHILD):
         return _bench_one(args, presets[0])
-    loading = None
+    load_timing = None
     if args.data:
         print("timing the data load (cold decode, then warm cache)", file=sys.stderr, flush=True)
-        loading = bench.time_loading(args.data, args.cache_dir)
+        load_timing = bench.time_loading(args.data, args.cache_dir)
     precision = bench.auto_precision() if args.precision == "auto" else args.precision
-    info = {**bench.machine(), "threads": args.threads}
-    ceilings = bench.ceilings(precision)
-    results = []
+    machine = {**bench.machine(), "threads": args.threads}
+    matmul_gflops = bench.ceilings(precision)
+    model_results = []
     for preset in presets:
         # Each model in a fresh process: its memory figure is its own, not what the
         # models before it left allocated, and no state carries over between models.
-        command = [sys.executable, "-m", "ferhpo", "bench", "--models", preset.name, "--precision", precision, "--json"]
+        child_command = [sys.executable, "-m", "ferhpo", "bench", "--models", preset.name, "--precision", precision, "--json"]
         for option in ("presets", "batch", "steps", "warmup", "repeats", "backend", "threads", "data", "cache_dir"):
             value = getattr(args, option)
             if value is not None:
-                command += [f"--{option.replace('_', '-')}", str(value)]
+                child_command += [f"--{option.replace('_', '-')}", str(value)]
         if args.reference:
-            command.append("--reference")
-        child = subprocess.run(command, stdout=subprocess.PIPE, env={**os.environ, _BENCH_CHILD: "1"}, text=True)
+            child_command.append("--reference")
+        child = subprocess.run(child_command, stdout=subprocess.PIPE, env={**os.environ, _BENCH_CHILD: "1"}, text=True)
         if child.returncode != 0:  # the child printed its error on the shared stderr
             return child.returncode
-        results.append(json.loads(child.stdout))
-    report = {"machine": info, "precision": precision, "matmul_gflops": ceilings, "data_loading": loading, "models": results}
+        model_results.append(json.loads(child.stdout))
+    report = {
+        "machine": machine,
+        "precision": precision,
+        "matmul_gflops": matmul_gflops,
+        "data_loading": load_timing,
+        "models": model_results,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
     else:

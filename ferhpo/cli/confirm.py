@@ -18,7 +18,7 @@ from ferhpo.cli.common import (
 )
 
 
-def _arguments(p: argparse.ArgumentParser) -> None:
+def _confirm_arguments(p: argparse.ArgumentParser) -> None:
     from ferhpo.config import BUDGETS
 
     add_data_options(p)
@@ -40,75 +40,80 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON on stdout (progress still goes to stderr)")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _confirm_run(args: argparse.Namespace) -> int:
     from ferhpo import store
-    from ferhpo.cli.baseline import _Progress, _run_summary, _summary_line
+    from ferhpo.cli.baseline import TrainingProgress, run_summary, summary_line
     from ferhpo.config import get_budget
     from ferhpo.engines import confirm
     from ferhpo.report.load import open_storage
 
     quiet_optuna()
     storage = open_storage(args.storage)  # never creates a SQLite file that is not there
-    source = store.open_study(args.study, args.storage, create=False, storage=storage)
-    settings = source.user_attrs.get("ferhpo.search") or {}
-    objective = (settings.get("objectives") or ["val_accuracy"])[0]
-    top = confirm.top_trials(source, args.top, objective)
+    source_study = store.open_study(args.study, args.storage, create=False, storage=storage)
+    search_settings = source_study.user_attrs.get("ferhpo.search") or {}
+    objective = (search_settings.get("objectives") or ["val_accuracy"])[0]
+    top_runs = confirm.top_trials(source_study, args.top, objective)
     baseline_name = args.baseline_study or "baseline"
-    baselines_study = store.open_study(baseline_name, args.storage, create=False, storage=storage)
-    baselines = [r for r in store.records(baselines_study, states=("complete",)) if r.kind == "baseline"]
-    reference = confirm.reference_run(baselines, top[0])
+    baseline_study = store.open_study(baseline_name, args.storage, create=False, storage=storage)
+    baseline_runs = [r for r in store.records(baseline_study, states=("complete",)) if r.kind == "baseline"]
+    reference = confirm.reference_run(baseline_runs, top_runs[0])
     budget = get_budget(args.budget) if args.budget else None
     data = load_data(args)
-    items = confirm.plan(top, reference, seeds=args.seeds, budget=budget, fingerprint=data.info.fingerprint,
-                         refit=args.refit)
-    name = args.confirm_study or f"{args.study}-confirm"
+    plan = confirm.plan(top_runs, reference, seeds=args.seeds, budget=budget, fingerprint=data.info.fingerprint,
+                        refit=args.refit)
+    confirm_name = args.confirm_study or f"{args.study}-confirm"
     import_keras()
-    study = store.open_study(name, args.storage, storage=storage)
+    study = store.open_study(confirm_name, args.storage, storage=storage)
     study.set_user_attr(
         confirm.CONFIRM_ATTR,
-        {"source": args.study, "baseline_study": baseline_name, "top": [r.run for r in top],
+        {"source": args.study, "baseline_study": baseline_name, "top": [r.run for r in top_runs],
          "reference": reference.run, "seeds": args.seeds},
     )
     out = sys.stderr if args.json else sys.stdout
     print(
-        f"confirming {', '.join(r.run for r in top)} of {args.study} and {reference.run} of {baseline_name} with "
-        f"{args.seeds} seed(s) each into study {name!r}: {len(items)} run(s)",
+        f"confirming {', '.join(r.run for r in top_runs)} of {args.study} and {reference.run} of {baseline_name} with "
+        f"{args.seeds} seed(s) each into study {confirm_name!r}: {len(plan)} run(s)",
         file=out,
     )
-    finished = {r.run_key for r in store.records(study, states=("complete",))}  # one read, not one per run
-    todo = [i for i in items if i.reuse is None and (args.force or i.key not in finished)]
-    progress = _Progress(total_epochs=sum(i.train.epochs for i in todo), runs=len(todo), out=out)
+    finished_keys = {r.run_key for r in store.records(study, states=("complete",))}  # one read, not one per run
+    to_train = [item for item in plan if item.reuse is None and (args.force or item.key not in finished_keys)]
+    progress = TrainingProgress(total_epochs=sum(item.train.epochs for item in to_train), runs=len(to_train), out=out)
     results = []
 
     def on_done(item, record, how):
         if how == "finished":
-            progress.write(f"{item.name}: already in {name} ({record.run_id}); skipped (--force retrains)")
+            progress.write(f"{item.name}: already in {confirm_name} ({record.run_id}); skipped (--force retrains)")
         elif how == "copied":
             progress.write(f"{item.name}: the source's own run, copied from {item.source.study}/{item.source.run}")
         else:
-            progress.write(_summary_line(record))
-        results.append({**_run_summary(record, skipped=how != "trained"), "how": how, "seed": item.seed, "role": item.role})
+            progress.write(summary_line(record))
+        results.append({**run_summary(record, skipped=how != "trained"), "how": how, "seed": item.seed, "role": item.role})
 
     try:
         confirm.run(
-            study, items, data=data, force=args.force, on_done=on_done,
+            study, plan, data=data, force=args.force, on_done=on_done,
             callbacks=lambda item: [progress.callback(item.name, item.train.epochs)],
         )
     except KeyboardInterrupt:
         progress.close()
         kept = ", ".join(r["name"] for r in results) or "none"
         print(
-            f"{PROG}: interrupted; the partial run was discarded; kept in study '{name}': {kept}; rerun the same "
+            f"{PROG}: interrupted; the partial run was discarded; kept in study '{confirm_name}': {kept}; rerun the same "
             f"command to continue",
             file=sys.stderr,
         )
         return 130
     progress.close()
-    print(f"done: {len(results)} run(s) in study {name!r}; `{PROG} report --study {name}` gives mean ± sd per configuration",
-          file=out)
+    print(
+        f"done: {len(results)} run(s) in study {confirm_name!r}; `{PROG} report --study {confirm_name}` gives mean ± sd "
+        "per configuration",
+        file=out,
+    )
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
 
 
-COMMAND = Command("confirm", "retrain a study's top configurations and its reference with several seeds", _arguments, _run)
+COMMAND = Command(
+    "confirm", "retrain a study's top configurations and its reference with several seeds", _confirm_arguments, _confirm_run
+)

@@ -18,21 +18,21 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     from ferhpo.data import PROTOCOLS
 
     sub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser, required=True)
-    s = sub.add_parser(
+    summary_parser = sub.add_parser(
         "summary",
         help="load FER2013 (through the cache) and print its format, counts, fingerprint and cache",
         description="Load FER2013 through the cache and describe it: source format, images per split "
         "and class, converted and skipped images, the content fingerprint and the cache file.",
     )
-    add_data_options(s)
-    s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    s.add_argument(
+    add_data_options(summary_parser)
+    summary_parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    summary_parser.add_argument(
         "--protocol",
         choices=list(PROTOCOLS),
         help="also show the split sizes of this protocol: "
         + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()).replace("%", "%%"),
     )
-    s.add_argument("--seed", type=non_negative_int, default=0, help="seed of the protocol's split (default 0)")
+    summary_parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the protocol's split (default 0)")
 
 
 def _data_run(args: argparse.Namespace) -> int:
@@ -51,10 +51,10 @@ def _data_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    fmt = {"folder": "image folders", "csv": "Kaggle csv"}[info["format"]]
+    source_format = {"folder": "image folders", "csv": "Kaggle csv"}[info["format"]]
     cache = info["cache"]
     lines = [
-        f"source       {info['path']} ({fmt})",
+        f"source       {info['path']} ({source_format})",
         f"fingerprint  {info['fingerprint']}",
         f"cache        {cache['path'] or '(disabled)'} "
         f"({'hit' if cache['hit'] else 'miss, written'}; loaded in {cache['load_seconds']:.2f} s)",
@@ -69,11 +69,12 @@ def _data_run(args: argparse.Namespace) -> int:
         lines.append(f"{name:<10}" + "".join(f"{counts[c][name]:>14,}" for c in columns))
     lines.append(f"{'total':<10}" + "".join(f"{info['totals'][c]:>14,}" for c in columns))
     if args.protocol:
-        p = info["protocol"]
-        sizes = ", ".join(f"{k} {v:,}" for k, v in p["sizes"].items())
-        lines += ["", f"protocol {p['name']} (seed {p['seed']}): {sizes}"]
-        if p["selection_sees"]:
-            lines.append(f"  note: validation overlaps {', '.join(p['selection_sees'])}; those are not clean test numbers")
+        protocol = info["protocol"]
+        sizes = ", ".join(f"{k} {v:,}" for k, v in protocol["sizes"].items())
+        lines += ["", f"protocol {protocol['name']} (seed {protocol['seed']}): {sizes}"]
+        if protocol["selection_sees"]:
+            overlaps = ", ".join(protocol["selection_sees"])
+            lines.append(f"  note: validation overlaps {overlaps}; those are not clean test numbers")
     print("\n".join(lines))
     return 0
 

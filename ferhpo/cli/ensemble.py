@@ -17,7 +17,7 @@ from ferhpo.cli.common import (
 )
 
 
-def _arguments(p: argparse.ArgumentParser) -> None:
+def _ensemble_arguments(p: argparse.ArgumentParser) -> None:
     add_data_options(p)
     p.add_argument("--study", required=True, help="study whose finished runs to average (a search or a confirm study)")
     add_storage_argument(p)
@@ -26,7 +26,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the ensemble's summary as JSON")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _ensemble_run(args: argparse.Namespace) -> int:
     from ferhpo import store
     from ferhpo.report.load import open_storage
 
@@ -39,18 +39,20 @@ def _run(args: argparse.Namespace) -> int:
     records = rebuild.select_records(study, top=args.top)
     data = load_data(args)
     result = ensemble.evaluate(records, data, tta_hflip=args.tta)
-    summary = ensemble.record(study, result)
+    recorded = ensemble.record(study, result)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(recorded, indent=2))
         return 0
-    ev = summary["evaluation"]
-    val = f"val {ev['val']['accuracy']:.4f}, " if "val" in ev else ""
+    evaluation = recorded["evaluation"]
+    val = f"val {evaluation['val']['accuracy']:.4f}, " if "val" in evaluation else ""
     halves = ""
-    if "test_public" in ev and "test_private" in ev:
-        halves = f" (public {ev['test_public']['accuracy']:.4f}, private {ev['test_private']['accuracy']:.4f})"
+    if "test_public" in evaluation and "test_private" in evaluation:
+        halves = (
+            f" (public {evaluation['test_public']['accuracy']:.4f}, private {evaluation['test_private']['accuracy']:.4f})"
+        )
     print(
-        f"{summary['name']} of {', '.join(summary['members'])}{' with flip averaging' if args.tta else ''}: "
-        f"{val}test {ev['test']['accuracy']:.4f} on {ev['test']['n']:,} images{halves}"
+        f"{recorded['name']} of {', '.join(recorded['members'])}{' with flip averaging' if args.tta else ''}: "
+        f"{val}test {evaluation['test']['accuracy']:.4f} on {evaluation['test']['n']:,} images{halves}"
     )
     for r in records:
         print(f"  {r.run}: val {r.best_val_accuracy:.4f}, test {r.test_accuracy:.4f}")
@@ -58,4 +60,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("ensemble", "average a study's top runs into one predictor and measure it", _arguments, _run)
+COMMAND = Command("ensemble", "average a study's top runs into one predictor and measure it", _ensemble_arguments, _ensemble_run)

@@ -14,10 +14,10 @@ FORMATS = ("keras", "saved_model", "onnx")
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, help="study whose finished runs to export")
     add_storage_argument(p)
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--trial", type=non_negative_int, metavar="N", help="export trial N of a search (run 'trial-N')")
-    which.add_argument("--run", metavar="NAME", help="export the run of this name (e.g. a baseline preset)")
-    which.add_argument("--top", type=positive_int, metavar="K",
+    members = p.add_mutually_exclusive_group()
+    members.add_argument("--trial", type=non_negative_int, metavar="N", help="export trial N of a search (run 'trial-N')")
+    members.add_argument("--run", metavar="NAME", help="export the run of this name (e.g. a baseline preset)")
+    members.add_argument("--top", type=positive_int, metavar="K",
                        help="average the K runs of best validation accuracy (default: the best run alone)")
     p.add_argument("--tta", action="store_true",
                    help="average each image's probabilities with its mirror image's (inside the exported model)")
@@ -28,7 +28,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the model card as JSON")
 
 
-def _pct(value) -> str:
+def _accuracy_text(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
@@ -41,7 +41,7 @@ def _export_run(args: argparse.Namespace) -> int:
     from ferhpo.deploy import export, rebuild
 
     records = rebuild.select_records(study, trial=args.trial, run=args.run, top=args.top)
-    measured = next(
+    measured_evaluation = next(
         (e.get("evaluation") for e in (study.user_attrs.get(store.ENSEMBLES_ATTR) or {}).values()
          if e.get("member_run_ids") == [r.run_id for r in records] and bool(e.get("tta_hflip")) == args.tta),
         None,
@@ -53,7 +53,7 @@ def _export_run(args: argparse.Namespace) -> int:
         tta_hflip=args.tta,
         study_name=args.study,
         storage=store.storage_url(args.storage),
-        evaluation=measured,
+        evaluation=measured_evaluation,
     )
     if args.json:
         print(json.dumps({"path": str(args.out), **card}, indent=2))
@@ -62,8 +62,11 @@ def _export_run(args: argparse.Namespace) -> int:
     print(f"wrote {args.format} model to {args.out}/ ({card['file']}, model_card.json, model_card.md)")
     print(f"{len(records)} member(s) from study {args.study}{flip}; input uint8 (N, 48, 48, 1), output "
           f"probabilities of {', '.join(card['classes'])}")
-    for m in card["members"]:
-        print(f"  {m['run']} ({m['run_id']}): val {_pct(m['validation_accuracy'])}, test {_pct(m['test_accuracy'])}")
+    for member in card["members"]:
+        print(
+            f"  {member['run']} ({member['run_id']}): val {_accuracy_text(member['validation_accuracy'])}, "
+            f"test {_accuracy_text(member['test_accuracy'])}"
+        )
     verified = card.get("verified")
     if verified:
         print(f"checked: reloaded, max difference {verified['max_abs_diff']:.2g} on {verified['images']} images")

@@ -43,7 +43,7 @@ unreadable or without a face: the rows still say why), or for bad usage (nothing
 written then); 1 internal error."""
 
 
-def _arguments(p: argparse.ArgumentParser) -> None:
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.usage = USAGE
     p.epilog = EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -52,18 +52,20 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         help="without --study, first MODEL (a folder written by 'ferhpo export'); then image files, "
         "or folders searched recursively for images (.jpg .jpeg .png .bmp .gif .tif .tiff .webp .pgm .ppm .pnm)",
     )
-    g = p.add_argument_group("a model from a study, instead of MODEL")
-    g.add_argument("--study", metavar="NAME", help="rebuild the model from this study's finished runs")
-    add_storage_argument(g)
-    pick = g.add_mutually_exclusive_group()
-    pick.add_argument("--trial", type=non_negative_int, metavar="N", help="use trial N of the study (default: its best run)")
-    pick.add_argument("--top", type=positive_int, metavar="K", help="average the probabilities of the study's K best runs")
-    pick.add_argument("--run", metavar="NAME", help="use this baseline run of the study (a preset name)")
+    from_study = p.add_argument_group("a model from a study, instead of MODEL")
+    from_study.add_argument("--study", metavar="NAME", help="rebuild the model from this study's finished runs")
+    add_storage_argument(from_study)
+    run_choice = from_study.add_mutually_exclusive_group()
+    run_choice.add_argument(
+        "--trial", type=non_negative_int, metavar="N", help="use trial N of the study (default: its best run)"
+    )
+    run_choice.add_argument("--top", type=positive_int, metavar="K", help="average the probabilities of the study's K best runs")
+    run_choice.add_argument("--run", metavar="NAME", help="use this baseline run of the study (a preset name)")
     p.add_argument("--tta", action="store_true", help="average each face with its mirror image (test-time flip)")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true",
+    output_format = p.add_mutually_exclusive_group()
+    output_format.add_argument("--json", action="store_true",
                      help="print a JSON list: file, face, box [x, y, w, h], class, probabilities (in class order), error")
-    out.add_argument("--csv", action="store_true", help="print CSV: one row per face, one column per class probability")
+    output_format.add_argument("--csv", action="store_true", help="print CSV: one row per face, one column per class probability")
     p.add_argument("--annotate", metavar="DIR",
                    help="write a copy of each photo with its faces boxed and labelled into DIR (created if needed)")
 
@@ -176,10 +178,10 @@ def _load_model(args: argparse.Namespace, model: Path | None) -> tuple[tuple[str
     from ferhpo.deploy.export import CARD, load_export
 
     try:
-        fmt = json.loads((model / CARD).read_text()).get("format")
+        export_format = json.loads((model / CARD).read_text()).get("format")
     except (OSError, ValueError, AttributeError):
-        fmt = None  # load_export says what is wrong with the card
-    if fmt != "onnx":  # onnxruntime alone runs an ONNX export; the others load Keras or TensorFlow
+        export_format = None  # load_export says what is wrong with the card
+    if export_format != "onnx":  # onnxruntime alone runs an ONNX export; the others load Keras or TensorFlow
         import_keras()
     card, exported = load_export(model)
     if not args.tta:
@@ -203,8 +205,8 @@ def _study_model(args: argparse.Namespace) -> tuple[tuple[str, ...], Callable]:
     from ferhpo.deploy import rebuild
 
     records = rebuild.select_records(study, trial=args.trial, top=args.top, run=args.run)
-    net = rebuild.inference_model(records, tta_hflip=args.tta)
-    return CLASSES, lambda x: rebuild.predict(net, x)
+    rebuilt = rebuild.inference_model(records, tta_hflip=args.tta)
+    return CLASSES, lambda x: rebuild.predict(rebuilt, x)
 
 
 # --------------------------------------------------------------------------- the work
@@ -242,7 +244,7 @@ def _annotated_name(rel: Path, taken: set[Path]) -> Path:
     return candidate
 
 
-def _run(args: argparse.Namespace) -> int:
+def _predict_run(args: argparse.Namespace) -> int:
     model, paths = _split_inputs(args)
     annotate_dir = Path(args.annotate) if args.annotate else None
     sources = collect_sources(paths, exclude=annotate_dir)
@@ -256,43 +258,43 @@ def _run(args: argparse.Namespace) -> int:
 
     rows: list[Row] = []
     crops: list[np.ndarray] = []
-    per_file: list[tuple[Source, list[int]]] = []  # readable files -> their face rows
-    for src in sources:
+    face_rows_by_file: list[tuple[Source, list[int]]] = []  # readable files only
+    for source in sources:
         try:
-            gray = faces.load_image(src.path)
+            gray = faces.load_image(source.path)
         except faces.ImageError as exc:
-            rows.append(Row(str(src.path), error=str(exc)))
+            rows.append(Row(str(source.path), error=str(exc)))
             print(f"{PROG}: {exc}", file=sys.stderr)
             continue
         boxes = faces.find_faces(gray)
         if not boxes:
-            message = (f"no face found in {src.path} (expected an upright frontal face at least 1/"
+            message = (f"no face found in {source.path} (expected an upright frontal face at least 1/"
                        f"{faces.MIN_FACE_FRACTION} of the photo's shorter side and {faces.MIN_FACE} px wide, "
                        f"or a 48x48 face crop)")
-            rows.append(Row(str(src.path), error=message))
+            rows.append(Row(str(source.path), error=message))
             print(f"{PROG}: {message}", file=sys.stderr)
-        indices = []
+        face_rows = []
         for i, box in enumerate(boxes):
             crops.append(faces.crop_face(gray, box))
-            indices.append(len(rows))
-            rows.append(Row(str(src.path), face=i, box=tuple(int(v) for v in box)))
-        per_file.append((src, indices))
+            face_rows.append(len(rows))
+            rows.append(Row(str(source.path), face=i, box=tuple(int(v) for v in box)))
+        face_rows_by_file.append((source, face_rows))
 
     if crops:
-        probs = np.asarray(predict(np.stack(crops)[..., None]), dtype=np.float64)
-        if probs.shape != (len(crops), len(classes)):
-            raise FerhpoError(f"the model returned shape {probs.shape}; expected ({len(crops)}, {len(classes)})")
-        for row, p in zip((r for r in rows if r.error is None), probs):
-            row.label = classes[int(np.argmax(p))]
-            row.probabilities = {c: round(float(v), 6) for c, v in zip(classes, p)}
+        probabilities = np.asarray(predict(np.stack(crops)[..., None]), dtype=np.float64)
+        if probabilities.shape != (len(crops), len(classes)):
+            raise FerhpoError(f"the model returned shape {probabilities.shape}; expected ({len(crops)}, {len(classes)})")
+        for row, face_probabilities in zip((r for r in rows if r.error is None), probabilities):
+            row.label = classes[int(np.argmax(face_probabilities))]
+            row.probabilities = {c: round(float(v), 6) for c, v in zip(classes, face_probabilities)}
 
     if annotate_dir is not None:
         taken: set[Path] = set()
-        for src, indices in per_file:
-            drawn = [(rows[i].box, rows[i].label, rows[i].probabilities[rows[i].label]) for i in indices]
-            faces.annotate(src.path, drawn, annotate_dir / _annotated_name(src.rel, taken))
-        print(f"{PROG}: {len(per_file)} annotated cop{'y' if len(per_file) == 1 else 'ies'} in {annotate_dir}",
-              file=sys.stderr)
+        for source, face_rows in face_rows_by_file:
+            drawn = [(rows[i].box, rows[i].label, rows[i].probabilities[rows[i].label]) for i in face_rows]
+            faces.annotate(source.path, drawn, annotate_dir / _annotated_name(source.rel, taken))
+        copies = len(face_rows_by_file)
+        print(f"{PROG}: {copies} annotated cop{'y' if copies == 1 else 'ies'} in {annotate_dir}", file=sys.stderr)
 
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
@@ -333,4 +335,4 @@ def _table(rows: list[Row]) -> list[str]:
     return lines
 
 
-COMMAND = Command("predict", HELP, _arguments, _run)
+COMMAND = Command("predict", HELP, _predict_arguments, _predict_run)

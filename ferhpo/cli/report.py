@@ -42,17 +42,17 @@ def _report_run(args: argparse.Namespace) -> int:
         print(line)
     if result.verdicts:
         print(f"{'rank':>4}  {'run':<14}{'test acc':>10}{'diff (pts)':>12}  {'95% interval (pts)':<20}{'McNemar p':>10}  verdict")
-        for v in result.verdicts:
-            acc = v.get("test_accuracy")
-            diff = v.get("diff_points")
-            low, high = v.get("ci_low"), v.get("ci_high")
+        for row in result.verdicts:
+            accuracy = row.get("test_accuracy")
+            diff = row.get("diff_points")
+            low, high = row.get("ci_low"), row.get("ci_high")
             interval = f"[{low:+.2f}, {high:+.2f}]" if low is not None and high is not None else "-"
-            p_value = v.get("p_value")
+            p_value = row.get("p_value")
             print(
-                f"{v.get('rank', ''):>4}  {str(v.get('run')):<14}{(f'{acc:.4f}' if acc is not None else '-'):>10}"
+                f"{row.get('rank', ''):>4}  {str(row.get('run')):<14}{(f'{accuracy:.4f}' if accuracy is not None else '-'):>10}"
                 f"{(f'{diff:+.2f}' if diff is not None else '-'):>12}  {interval:<20}"
-                f"{(f'{p_value:.3g}' if p_value is not None else '-'):>10}  {v.get('verdict')}"
-                + (f" ({v['reason']})" if v.get("verdict") == "n/a" and v.get("reason") else "")
+                f"{(f'{p_value:.3g}' if p_value is not None else '-'):>10}  {row.get('verdict')}"
+                + (f" ({row['reason']})" if row.get("verdict") == "n/a" and row.get("reason") else "")
             )
     for figure, why in result.figures_skipped.items():
         print(f"figure {figure} not drawn: {why}")
