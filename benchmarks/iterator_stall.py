@@ -36,9 +36,10 @@ def main() -> None:
     import keras
 
     from ferhpo import training
+    from ferhpo.training import feeds
 
     if args.feed == "autotuned":
-        training.FEED_WORKERS = 1  # Keras' own PyDataset path: tf.data prefetch with autotuning
+        feeds.FEED_WORKERS = 1  # Keras' own PyDataset path: tf.data prefetch with autotuning
 
     marks: dict[str, float] = {}
     gaps: dict[str, list[float]] = {"fit": [], "validation": [], "predict": []}

@@ -126,8 +126,10 @@ def train_run(
     On any exception the artifacts written so far are removed (other files in the
     folder, such as a trial's spec and log, stay): a failed run leaves no results.
     `phases` times the run from its start (a fresh clock: from now); the record keeps
-    its summary, taken just before `record.json` is written. `checkpoint_every`,
-    `resume` and `on_resume` go to `training.fit` (resume checkpoints in `folder`/resume).
+    its summary, taken just before `record.json` is written. `checkpoint_every`
+    (epochs between resume checkpoints, written to `folder`/resume), `resume` (a
+    checkpoint folder to continue from) and `on_resume` go to `training.fit` as one
+    `training.Resume`.
     """
     from ferhpo import training  # keras loads here, not when the CLI starts
 
@@ -147,10 +149,9 @@ def train_run(
             evaluate_test=evaluate_test,
             verbose=verbose,
             phases=phases,
-            checkpoint_every=checkpoint_every,
-            resume_dir=folder / store.RESUME_DIR,
-            resume=resume,
-            on_resume=on_resume,
+            resume=training.Resume(
+                every=checkpoint_every, folder=folder / store.RESUME_DIR, start_from=resume, on_resume=on_resume
+            ),
         )
         with phases.phase("write"):
             artifacts = _write_artifacts(folder, name=name, budget=budget, protocol=protocol, data=data, splits=splits, result=result)

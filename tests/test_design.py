@@ -39,7 +39,7 @@ ALLOWED = {
     "config.py": {"ferhpo.errors"},
     "data.py": {"numpy", "PIL", "platformdirs", "ferhpo.errors", "ferhpo.atomic"},
     "models": {"keras", "ferhpo.config", "ferhpo.errors", "ferhpo.models"},
-    "training.py": {"keras", "numpy", "ferhpo.config", "ferhpo.data", "ferhpo.models", "ferhpo.atomic", "ferhpo.errors", "ferhpo.phases"},
+    "training": {"keras", "numpy", "ferhpo.config", "ferhpo.data", "ferhpo.models", "ferhpo.atomic", "ferhpo.errors", "ferhpo.phases", "ferhpo.training"},
     # store opens a retrying storage for the search's workers (ferhpo.outage: tenacity)
     "store.py": {"optuna", "sqlalchemy", "ferhpo.errors", "ferhpo.outage"},
     "outage.py": {"optuna", "sqlalchemy", "tenacity", "ferhpo.errors"},
