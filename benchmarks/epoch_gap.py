@@ -18,7 +18,7 @@ import time
 
 import keras
 
-from ferhpo import config, runs, training
+from ferhpo import config, presets, runs, training
 from ferhpo.data import load_fer2013
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     data = load_fer2013(args.data)
     budget = config.get_budget("cpu", epochs=args.epochs, train_limit=args.images or None)
     splits = runs.budget_splits(data, "holdout", budget, 0)
-    preset = config.get_preset("resnet-v1-104")
+    preset = presets.get_preset("resnet-v1-104")
     model = dataclasses.replace(preset.model, depth=8)
     train = dataclasses.replace(preset.train, batch_size=128, epochs=args.epochs)
     result = training.fit(model, train, data, splits, callbacks=[EpochGap()])

@@ -19,7 +19,7 @@ import dataclasses
 import os
 import time
 
-from ferhpo import config, runs
+from ferhpo import config, presets, runs, threads
 from ferhpo.data import load_fer2013
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=1, help="compute threads (default 1, as a trial of a 2-worker search on 2 cores)")
     args = parser.parse_args()
-    os.environ.update(config.thread_env(args.threads))  # before Keras loads
+    os.environ.update(threads.thread_env(args.threads))  # before Keras loads
 
     import keras
 
@@ -76,7 +76,7 @@ def main() -> None:
     splits = runs.budget_splits(data, "holdout", budget, 0)
     none = splits.test[:0]
     splits = dataclasses.replace(splits, val=splits.val[:1000], test=splits.test[:1000], test_public=none, test_private=none)
-    preset = config.get_preset("resnet-v1-104")
+    preset = presets.get_preset("resnet-v1-104")
     model = dataclasses.replace(preset.model, depth=8)
     train = dataclasses.replace(preset.train, batch_size=32, epochs=2)
     for run in range(args.runs):

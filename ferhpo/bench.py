@@ -32,8 +32,9 @@ from dataclasses import dataclass, field, replace
 import keras
 import numpy as np
 
-from ferhpo.config import ModelConfig, TrainConfig, usable_cores
+from ferhpo.config import ModelConfig, TrainConfig
 from ferhpo.models import build_model
+from ferhpo.threads import usable_cores
 from ferhpo.training import compiled_model, dtype_policy, make_optimizer
 
 #: FER2013's training images: the epoch `epoch_seconds` estimates.

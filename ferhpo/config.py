@@ -1,9 +1,10 @@
-"""Frozen configurations for models and training, and the reference preset table.
+"""Frozen configurations for models and training, budgets, and the record of a preset.
 
 Everything here is plain data: the model builders turn a model config into a
 ``keras.Model`` and the trainer turns a ``TrainConfig`` into a recipe. The
 module imports the standard library only, so search code and the CLI can
-validate and print configurations without importing Keras.
+validate and print configurations without importing Keras. Reading the preset
+table and overriding fields is `ferhpo.presets`; search spaces are `ferhpo.spaces`.
 
 Each config checks itself in ``__post_init__``: an invalid one cannot be
 constructed, and the ``ConfigError`` says which rule failed and what value was
@@ -14,11 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from ferhpo.errors import ConfigError
 
@@ -39,11 +38,7 @@ __all__ = [
     "get_budget",
     "model_config_to_dict",
     "model_config_from_dict",
-    "default_presets_path",
-    "load_presets",
-    "get_preset",
-    "override",
-    "override_name",
+    "check_keys",
 ]
 
 #: Classifier heads: "avg4" is the reference 4x4 average pooling + flatten,
@@ -507,7 +502,7 @@ class Preset:
     """A reference configuration of the study, with the numbers it reported.
 
     ``reported_*`` describe the unmodified reference; they are not updated when
-    `get_preset` overrides architecture fields.
+    `ferhpo.presets.get_preset` overrides architecture fields.
     """
 
     name: str
@@ -544,32 +539,13 @@ class Preset:
         _int(owner, "reported_params", self.reported_params)
 
 
-_PRESET_FILE = "baseline.toml"
-_PRESET_KEYS = ("description", "protocol", "reported_test_accuracy", "reported_params", "model", "train")
+# --------------------------------------------------------------------------
+# Plain data
 
 
-def default_presets_path() -> Path:
-    """Where the preset table lives: inside the package if packaging copied it
-    there (``ferhpo/search_spaces``), else the repository's ``search_spaces``."""
-    package_dir = Path(__file__).resolve().parent
-    candidates = (
-        package_dir / "search_spaces" / _PRESET_FILE,
-        package_dir.parent / "search_spaces" / _PRESET_FILE,
-    )
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    tried = ", ".join(str(c) for c in candidates)
-    raise ConfigError(f"preset table {_PRESET_FILE} not found; looked in: {tried}")
-
-
-def _table(what: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{what} must be a table, but got {value!r}")
-    return value
-
-
-def _check_keys(section: str, table: Mapping[str, Any], known: tuple[str, ...]) -> None:
+def check_keys(section: str, table: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    """ConfigError naming the first key of `table` not in `known`, so that a typo in
+    a file is an error instead of a silent default."""
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {section}; known keys: {', '.join(known)}")
@@ -591,148 +567,5 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
         known = ", ".join(repr(f) for f in _MODEL_CLASSES)
         raise ConfigError(f"model family must be one of {known}, but got family={family!r}")
     model_cls = _MODEL_CLASSES[family]
-    _check_keys("model", fields, ("family",) + tuple(f.name for f in dataclasses.fields(model_cls)))
+    check_keys("model", fields, ("family",) + tuple(f.name for f in dataclasses.fields(model_cls)))
     return model_cls(**fields)
-
-
-def _parse_preset(path: Path, name: str, raw: Any) -> Preset:
-    where = f"{path}: preset {name!r}"
-    try:
-        raw = _table("the preset", raw)
-        _check_keys("the preset", raw, _PRESET_KEYS)
-        required = [key for key in _PRESET_KEYS if key != "description"]
-        missing = [key for key in required if key not in raw]
-        if missing:
-            raise ConfigError(f"missing key {missing[0]!r}; a preset needs {', '.join(required)}")
-        model = model_config_from_dict(_table("model", raw["model"]))
-        train_raw = _table("train", raw["train"])
-        _check_keys("train", train_raw, tuple(f.name for f in dataclasses.fields(TrainConfig)))
-        return Preset(
-            name=name,
-            model=model,
-            train=TrainConfig(**train_raw),
-            protocol=raw["protocol"],
-            reported_test_accuracy=raw["reported_test_accuracy"],
-            reported_params=raw["reported_params"],
-            description=raw.get("description", ""),
-        )
-    except ConfigError as error:
-        raise ConfigError(f"{where}: {error}") from None
-
-
-def read_toml(path: Path, *, not_found: str) -> dict[str, Any]:
-    """A TOML file as a dict; ConfigError with `not_found`, or naming the file and the syntax error."""
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(not_found) from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML: {error}") from None
-
-
-def load_presets(path: str | Path | None = None) -> dict[str, Preset]:
-    """Read the preset table (default: `default_presets_path`) into ``{name: Preset}``.
-
-    The file holds one ``[presets."<name>"]`` table per preset with inline
-    ``model`` and ``train`` tables; unknown keys are errors, not ignored, so a
-    typo cannot silently fall back to a default.
-    """
-    path = Path(path) if path is not None else default_presets_path()
-    document = read_toml(path, not_found=f"preset table not found: {path}")
-
-    try:
-        _check_keys("the top level", document, ("presets",))
-        presets = _table("presets", document.get("presets", {}))
-        if not presets:
-            raise ConfigError('no presets defined; expected [presets."<name>"] tables')
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
-    return {name: _parse_preset(path, name, raw) for name, raw in presets.items()}
-
-
-def get_preset(name: str, *, path: str | Path | None = None, **overrides: Any) -> Preset:
-    """Return preset ``name``, with ``overrides`` applied by `dataclasses.replace`.
-
-    An override may name a field of the preset's model config, of its
-    ``TrainConfig``, or of the ``Preset`` itself (the three sets do not
-    overlap), e.g. ``get_preset("densenet-c0.5", compression=0.6, batch_size=16)``.
-    The result is validated like any other config.
-    """
-    presets = load_presets(path)
-    if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
-    preset = presets[name]
-
-    # Whole-object overrides (model=..., train=...) apply first, field overrides on top.
-    preset_fields = {f.name for f in dataclasses.fields(Preset)} - {"name"}
-    preset = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if k in preset_fields})
-    if not isinstance(preset.model, (DenseNetConfig, ResNetConfig)):
-        return preset  # unreachable: Preset validation has rejected the bad model above
-    fields = {k: v for k, v in overrides.items() if k not in preset_fields}
-    model, train = override(preset.model, preset.train, fields, owner=f"preset {name!r}", also=preset_fields)
-    return dataclasses.replace(preset, model=model, train=train)
-
-
-def override(
-    model: ModelConfig, train: TrainConfig, changes: Mapping[str, Any], *, owner: str, also: set[str] = frozenset()
-) -> tuple[ModelConfig, TrainConfig]:
-    """`model` and `train` with ``changes`` merged by `dataclasses.replace`, each field
-    going to the config that has it; an unknown name is an error listing the known
-    ones (and ``also``, names the caller accepts besides)."""
-    model_fields = {f.name for f in dataclasses.fields(model)}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = [key for key in changes if key not in model_fields | train_fields]
-    if unknown:
-        known = ", ".join(sorted(model_fields | train_fields | set(also)))
-        raise ConfigError(f"unknown override {unknown[0]!r} for {owner}; known fields: {known}")
-    model_changes = {k: v for k, v in changes.items() if k in model_fields}
-    train_changes = {k: v for k, v in changes.items() if k in train_fields}
-    return (
-        dataclasses.replace(model, **model_changes) if model_changes else model,
-        dataclasses.replace(train, **train_changes) if train_changes else train,
-    )
-
-
-#: Overrides that keep a configuration what it is: another seed is a repetition, another
-#: precision the same model computed faster. Any other override makes a new configuration.
-SAME_CONFIGURATION = ("seed", "precision")
-
-
-def override_name(name: str, changes: Mapping[str, Any]) -> str:
-    """The name of configuration `name` with ``changes`` applied: ``name+field=value...``
-    (sorted by field), so that a modified preset never passes for the preset itself.
-    Fields of `SAME_CONFIGURATION` leave the name alone."""
-    shown = sorted((k, v) for k, v in changes.items() if k not in SAME_CONFIGURATION)
-
-    def text(value: Any) -> str:
-        return f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
-
-    return name + "".join(f"+{key}={text(value)}" for key, value in shown)
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity on Linux, else all)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def thread_env(threads: int) -> dict[str, str]:
-    """Environment that limits a new process's compute threads on the CPU, for every backend.
-
-    Must be in place before the backend loads. On a small CPU, trials that each use
-    ``cores / workers`` threads side by side train more images per second in total than
-    one trial using every core (benchmarks/README.md measures it).
-    """
-    if threads < 1:
-        raise ConfigError(f"threads must be >= 1, but got threads={threads}")
-    env = {
-        "TF_NUM_INTRAOP_THREADS": str(threads),
-        "TF_NUM_INTEROP_THREADS": "1",
-        "OMP_NUM_THREADS": str(threads),  # PyTorch's and oneDNN's OpenMP pools
-    }
-    if threads == 1:  # XLA's CPU client (JAX) takes no thread count, only on or off
-        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    return env

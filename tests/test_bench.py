@@ -13,7 +13,8 @@ from conftest import run_cli, write_folder
 from test_baseline import TINY_PRESETS
 from ferhpo.bench import PATH_FIELDS, RESULT_FIELDS, forward_flops, reference_batches, reference_model
 from ferhpo.errors import ConfigError
-from ferhpo.config import DenseNetConfig, ResNetConfig, TrainConfig, get_preset, load_presets
+from ferhpo.config import DenseNetConfig, ResNetConfig, TrainConfig
+from ferhpo.presets import get_preset, load_presets
 from ferhpo.models import build_model
 from ferhpo.training import compiled_model
 
@@ -214,7 +215,7 @@ def test_bench_command_prints_a_table_with_the_ratio(tmp_path):
 
 
 def test_thread_env_limits_every_backend():
-    from ferhpo.config import thread_env
+    from ferhpo.threads import thread_env
 
     one = thread_env(1)
     assert one["TF_NUM_INTRAOP_THREADS"] == "1" and one["OMP_NUM_THREADS"] == "1"

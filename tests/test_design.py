@@ -37,17 +37,20 @@ ALLOWED = {
     # status reads the storage only, like the report: never keras
     "status.py": {"optuna", "sqlalchemy", "ferhpo.store", "ferhpo.errors", "ferhpo.engines", "ferhpo.progress"},
     "config.py": {"ferhpo.errors"},
+    # the preset table and the search_spaces folder it shares with the spaces
+    "presets.py": {"ferhpo.config", "ferhpo.errors"},
+    "threads.py": {"ferhpo.errors"},
     "data.py": {"numpy", "PIL", "platformdirs", "ferhpo.errors", "ferhpo.atomic"},
     "models": {"keras", "ferhpo.config", "ferhpo.errors", "ferhpo.models"},
     "training": {"keras", "numpy", "ferhpo.config", "ferhpo.data", "ferhpo.models", "ferhpo.atomic", "ferhpo.errors", "ferhpo.phases", "ferhpo.training"},
     # store opens a retrying storage for the search's workers (ferhpo.outage: tenacity)
     "store.py": {"optuna", "sqlalchemy", "ferhpo.errors", "ferhpo.outage"},
     "outage.py": {"optuna", "sqlalchemy", "tenacity", "ferhpo.errors"},
-    # config is stdlib-only (the reported references); optuna rebuilds trials for importance (store uses it anyway)
-    "report": {"numpy", "pandas", "matplotlib", "optuna", "ferhpo.store", "ferhpo.atomic", "ferhpo.errors", "ferhpo.config", "ferhpo.report", "ferhpo.phases"},
+    # presets are stdlib-only (the reported references); optuna rebuilds trials for importance (store uses it anyway)
+    "report": {"numpy", "pandas", "matplotlib", "optuna", "ferhpo.store", "ferhpo.atomic", "ferhpo.errors", "ferhpo.config", "ferhpo.presets", "ferhpo.report", "ferhpo.phases"},
     "runs.py": {"numpy", "ferhpo.store", "ferhpo.atomic", "ferhpo.config", "ferhpo.data", "ferhpo.report", "ferhpo.training", "ferhpo.phases"},
     # spaces are data: no tuner import; the adapters take an Optuna trial / KerasTuner hp duck-typed
-    "spaces.py": {"ferhpo.config", "ferhpo.errors"},
+    "spaces": {"ferhpo.config", "ferhpo.presets", "ferhpo.errors", "ferhpo.spaces"},
     # the HyperModels compile with training's recipe (optimizer, augmentation layers), not a copy of it
     "hypermodels.py": {"keras", "keras_tuner", "numpy", "ferhpo.spaces", "ferhpo.models", "ferhpo.training", "ferhpo.config", "ferhpo.data"},
     # bench times training's own compiled model; it asks the backend Keras runs on for its
@@ -55,7 +58,7 @@ ALLOWED = {
     # data for the load timing; store for the environment record
     "bench.py": {
         "keras", "numpy", "scipy", "tensorflow", "jax", "torch",
-        "ferhpo.config", "ferhpo.models", "ferhpo.training", "ferhpo.data", "ferhpo.store",
+        "ferhpo.config", "ferhpo.models", "ferhpo.training", "ferhpo.data", "ferhpo.store", "ferhpo.threads",
     },
     # from a study to a model: rebuild runs (training's own layers), export with Keras' writers, load with
     # tensorflow / onnxruntime; OpenCV finds faces in photos
@@ -64,7 +67,7 @@ ALLOWED = {
         "optuna", "keras_tuner", "numpy", "keras",
         "ferhpo.spaces", "ferhpo.training", "ferhpo.store", "ferhpo.runs", "ferhpo.config", "ferhpo.data",
         "ferhpo.errors", "ferhpo.atomic", "ferhpo.engines", "ferhpo.faults", "ferhpo.report", "ferhpo.phases",
-        "ferhpo.progress", "ferhpo.status", "ferhpo.tensorboard_logs", "ferhpo.outage",
+        "ferhpo.progress", "ferhpo.status", "ferhpo.tensorboard_logs", "ferhpo.outage", "ferhpo.threads",
     },
 }
 

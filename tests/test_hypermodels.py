@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import space_text
-from ferhpo.config import get_preset
 from ferhpo.errors import ConfigError
 from ferhpo.hypermodels import DenseNetHyperModel, ResNetHyperModel, SpaceHyperModel
+from ferhpo.presets import get_preset
 
 @pytest.fixture
 def tiny_space(tmp_path):

@@ -19,14 +19,13 @@ from ferhpo.config import (
     Preset,
     ResNetConfig,
     TrainConfig,
-    get_preset,
-    load_presets,
     model_config_from_dict,
     model_config_to_dict,
     reference_lr,
 )
 from ferhpo.errors import ConfigError
 from ferhpo.models import build_densenet, build_model, build_resnet
+from ferhpo.presets import get_preset, load_presets
 
 PRESETS = load_presets()
 

@@ -11,8 +11,9 @@ import pytest
 
 from conftest import space_text
 from ferhpo import spaces
-from ferhpo.config import DenseNetConfig, ResNetConfig, TrainConfig, get_preset
+from ferhpo.config import DenseNetConfig, ResNetConfig, TrainConfig
 from ferhpo.errors import ConfigError
+from ferhpo.presets import get_preset
 from ferhpo.spaces import Param, Space, declare_keras_tuner, known_spaces, load_space, suggest_optuna
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

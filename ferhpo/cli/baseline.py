@@ -108,7 +108,7 @@ def _select_runs(args: argparse.Namespace) -> list[_PlannedRun]:
     """The presets (or the space's defaults) with --set/--seed/--precision applied. A
     configuration changed by --set is named after its changes and never carries the
     preset's reported accuracy: it is not the model the study reported."""
-    from ferhpo.config import get_preset, load_presets, override, override_name
+    from ferhpo.presets import get_preset, load_presets, override, override_name
 
     changes = _parse_overrides(args.set)
     overrides = dict(changes)
@@ -139,7 +139,7 @@ def _baseline_list(args: argparse.Namespace) -> int:
     import_keras()
     import keras
 
-    from ferhpo.config import load_presets
+    from ferhpo.presets import load_presets
     from ferhpo.models import build_model
 
     rows = []

@@ -52,7 +52,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_run(args: argparse.Namespace) -> int:
-    from ferhpo.config import get_preset, load_presets
+    from ferhpo.presets import get_preset, load_presets
 
     names = list(dict.fromkeys(args.models or load_presets(args.presets)))
     presets = [get_preset(name, path=args.presets) for name in names]  # unknown names fail before Keras loads
@@ -66,7 +66,7 @@ def _bench_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--backend {args.backend}: Keras is already loaded with {loaded.backend.backend()!r} in this process")
         os.environ["KERAS_BACKEND"] = args.backend
     if args.threads:
-        from ferhpo.config import thread_env
+        from ferhpo.threads import thread_env
 
         if "keras" in sys.modules:
             raise UsageError("--threads must be set before Keras loads; it is already loaded in this process")

@@ -99,7 +99,7 @@ def build_report(
     holds no finished run, and `ConfigError`/`FerhpoError` for bad arguments; in every
     error case nothing is written.
     """
-    from ferhpo.config import load_presets
+    from ferhpo.presets import load_presets
     from ferhpo.report import analysis, render
     from ferhpo.report.load import load_study
 

@@ -102,7 +102,7 @@ class Content:
 
 
 def references_from_presets(presets: dict) -> list[Reference]:
-    """The reported rows, from `ferhpo.config.load_presets()`."""
+    """The reported rows, from `ferhpo.presets.load_presets()`."""
     import dataclasses
 
     from ferhpo.config import model_config_to_dict
