@@ -12,7 +12,9 @@ apart:
 - training never imports a tuner: a run trains the same whichever command started it;
 - a search space is data: spaces import no tuner, their adapters take an Optuna trial
   or a KerasTuner `hp` as they come;
-- the configuration imports nothing beyond ferhpo's errors, so every layer can read it.
+- the configuration imports nothing beyond ferhpo's errors, so every layer can read it;
+- a storage URL is shown without its password by one function, ferhpo/redact.py, which
+  imports nothing, so every layer that shows or writes a URL can use it.
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ ALLOWED = {
     "atomic.py": {"ferhpo.faults"},
     "faults.py": set(),
     "phases.py": set(),
+    # how numbers and names are written for people: the report and the CLI share it
+    "formatting.py": set(),
+    # the one redaction of storage passwords: every layer that shows a URL uses it
+    "redact.py": set(),
     "progress.py": set(),
-    "tensorboard_logs.py": {"keras", "ferhpo.errors"},
+    "tensorboard_logs.py": {"keras", "ferhpo.errors", "ferhpo.formatting", "ferhpo.atomic"},
     # status reads the storage only, like the report: never keras
-    "status.py": {"optuna", "sqlalchemy", "ferhpo.store", "ferhpo.errors", "ferhpo.engines", "ferhpo.progress"},
+    "status.py": {"optuna", "sqlalchemy", "ferhpo.store", "ferhpo.errors", "ferhpo.engines", "ferhpo.progress", "ferhpo.redact"},
     "config.py": {"ferhpo.errors"},
     # the preset table and the search_spaces folder it shares with the spaces
     "presets.py": {"ferhpo.config", "ferhpo.errors"},
@@ -44,10 +50,10 @@ ALLOWED = {
     "models": {"keras", "ferhpo.config", "ferhpo.errors", "ferhpo.models"},
     "training": {"keras", "numpy", "ferhpo.config", "ferhpo.data", "ferhpo.models", "ferhpo.atomic", "ferhpo.errors", "ferhpo.phases", "ferhpo.training"},
     # store opens a retrying storage for the search's workers (ferhpo.outage: tenacity)
-    "store.py": {"optuna", "sqlalchemy", "ferhpo.errors", "ferhpo.outage"},
-    "outage.py": {"optuna", "sqlalchemy", "tenacity", "ferhpo.errors"},
+    "store.py": {"optuna", "sqlalchemy", "ferhpo.errors", "ferhpo.outage", "ferhpo.redact"},
+    "outage.py": {"optuna", "sqlalchemy", "tenacity", "ferhpo.errors", "ferhpo.redact"},
     # presets are stdlib-only (the reported references); optuna rebuilds trials for importance (store uses it anyway)
-    "report": {"numpy", "pandas", "matplotlib", "optuna", "ferhpo.store", "ferhpo.atomic", "ferhpo.errors", "ferhpo.config", "ferhpo.presets", "ferhpo.report", "ferhpo.phases"},
+    "report": {"numpy", "pandas", "matplotlib", "optuna", "ferhpo.store", "ferhpo.atomic", "ferhpo.errors", "ferhpo.formatting", "ferhpo.config", "ferhpo.presets", "ferhpo.report", "ferhpo.phases", "ferhpo.redact"},
     "runs.py": {"numpy", "ferhpo.store", "ferhpo.atomic", "ferhpo.config", "ferhpo.data", "ferhpo.report", "ferhpo.training", "ferhpo.phases"},
     # spaces are data: no tuner import; the adapters take an Optuna trial / KerasTuner hp duck-typed
     "spaces": {"ferhpo.config", "ferhpo.presets", "ferhpo.errors", "ferhpo.spaces"},
@@ -62,12 +68,13 @@ ALLOWED = {
     },
     # from a study to a model: rebuild runs (training's own layers), export with Keras' writers, load with
     # tensorflow / onnxruntime; OpenCV finds faces in photos
-    "deploy": {"keras", "numpy", "optuna", "cv2", "PIL", "tensorflow", "onnx", "tf2onnx", "onnxruntime", "ferhpo.training", "ferhpo.models", "ferhpo.config", "ferhpo.store", "ferhpo.errors", "ferhpo.atomic", "ferhpo.data", "ferhpo.deploy"},
+    "deploy": {"keras", "numpy", "optuna", "cv2", "PIL", "tensorflow", "onnx", "tf2onnx", "onnxruntime", "ferhpo.training", "ferhpo.models", "ferhpo.config", "ferhpo.store", "ferhpo.errors", "ferhpo.atomic", "ferhpo.data", "ferhpo.deploy", "ferhpo.redact"},
     "engines": {
         "optuna", "keras_tuner", "numpy", "keras",
         "ferhpo.spaces", "ferhpo.training", "ferhpo.store", "ferhpo.runs", "ferhpo.config", "ferhpo.data",
         "ferhpo.errors", "ferhpo.atomic", "ferhpo.engines", "ferhpo.faults", "ferhpo.report", "ferhpo.phases",
         "ferhpo.progress", "ferhpo.status", "ferhpo.tensorboard_logs", "ferhpo.outage", "ferhpo.threads",
+        "ferhpo.redact",
     },
 }
 

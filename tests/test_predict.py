@@ -323,3 +323,45 @@ def test_fer2013_test_images_and_the_astronaut(real_data, tiny_study, astronaut,
     with Image.open(tmp_path / "out" / "astronaut.png") as im:
         assert im.size == (512, 512)
     assert len(list((tmp_path / "out").iterdir())) == len(CLASSES) + 1
+
+
+def test_an_image_too_large_to_decode_safely_is_a_one_line_error(tmp_path):
+    """A small file may declare a huge image: refused before it is decoded."""
+    Image.new("1", (20_000, 20_000)).save(tmp_path / "bomb.png")  # 400 M pixels in a few kB
+    assert (tmp_path / "bomb.png").stat().st_size < 1_000_000
+    with pytest.raises(faces.ImageError) as info:
+        faces.load_image(tmp_path / "bomb.png")
+    message = str(info.value)
+    assert "bomb.png" in message and "too large to decode safely" in message and "\n" not in message
+
+
+def test_a_too_large_image_is_one_line_and_the_other_files_go_on(tiny_study, exported, astronaut, tmp_path, capsys, monkeypatch):
+    Image.new("1", (20_000, 20_000)).save(tmp_path / "bomb.png")
+    code, out, err = _predict(tiny_study, capsys, monkeypatch, str(exported), str(tmp_path / "bomb.png"), str(astronaut), "--json")
+    assert code == 0, err
+    rows = {Path(r["file"]).name: r for r in json.loads(out)}
+    assert rows["astronaut.png"]["class"] in CLASSES
+    assert "too large to decode safely" in rows["bomb.png"]["error"]
+    assert len([line for line in err.splitlines() if "bomb.png" in line]) == 1
+
+
+def test_a_model_file_that_would_run_code_when_loaded_is_refused(exported, astronaut, tmp_path, capsys, monkeypatch):
+    """Keras' safe mode: a Lambda layer's Python code is never deserialized, let alone run."""
+    import keras
+
+    marker = tmp_path / "code-ran"
+
+    def payload(x):
+        marker.touch()  # what a malicious file would do instead
+        return keras.ops.softmax(keras.ops.zeros((keras.ops.shape(x)[0], 7)))
+
+    inputs = keras.Input((48, 48, 1), dtype="uint8")
+    evil = tmp_path / "evil"
+    shutil.copytree(exported, evil)
+    keras.Model(inputs, keras.layers.Lambda(payload)(inputs)).save(evil / "model.keras")
+    marker.unlink()  # building the model above ran it once, here
+    monkeypatch.chdir(tmp_path)
+    code = main(["predict", str(evil), str(astronaut)])
+    message = _one_line_error(capsys, code)
+    assert "cannot load" in message and "model.keras" in message
+    assert not marker.exists()

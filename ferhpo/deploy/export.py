@@ -474,7 +474,8 @@ def _predictor(fmt: str, folder: Path, shape: tuple[int, ...]) -> Callable[[np.n
         except ImportError as exc:
             raise DeployError(f"cannot load {target}: {exc}; expected Keras 3 installed") from None
         try:
-            model = keras.saving.load_model(target, compile=False)
+            # Safe mode: a file that would run code when loaded (a Lambda's bytecode) is refused.
+            model = keras.saving.load_model(target, compile=False, safe_mode=True)
         except Exception as exc:  # a damaged zip, an unknown layer, a file of another Keras: all one answer
             raise DeployError(f"cannot load {target} ({_first_line(exc)}); expected a Keras 3 model file") from None
         return batched(lambda x: model.predict(x, batch_size=BATCH, verbose=0), (model.input_names[0] if hasattr(model, "input_names") else model.inputs[0].name, model.output_names[0]))

@@ -12,6 +12,7 @@ without) loading a model.
 from __future__ import annotations
 
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -43,6 +44,8 @@ MIN_FACE_FRACTION = 20
 # Photos larger than this (longest side) are searched on a downscaled copy: the
 # cascade takes seconds on a camera's 4000x3000 and finds more false positives there.
 MAX_DETECT_SIDE = 1024
+#: The most pixels an image may have to be decoded (pillow's own bound, made an error).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 # What cv2.imwrite can write; an annotated copy of anything else is written as .png.
 WRITABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
@@ -56,17 +59,26 @@ class ImageError(FerhpoError):
 
 
 def _open(path: str | os.PathLike) -> Image.Image:
-    """The first frame of an image file, decoded, with its EXIF orientation applied."""
+    """The first frame of an image file, decoded, with its EXIF orientation applied.
+
+    An image of more than `MAX_PIXELS` pixels is refused before it is decoded: a small
+    file can declare a huge image (a decompression bomb) and take the machine's memory.
+    """
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im.load()
-            return ImageOps.exif_transpose(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.seek(0)
+                im.load()
+                return ImageOps.exif_transpose(im)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageError(
+            f"cannot read {path}: the image is too large to decode safely (more than {MAX_PIXELS:,} pixels); "
+            f"expected a photo of at most that size"
+        ) from None
     except UnidentifiedImageError:
         reason = "not an image file pillow can decode"
-    except Image.DecompressionBombError as exc:
-        reason = str(exc)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated, corrupt, unreadable
         reason = f"{type(exc).__name__}: {exc}".strip()
     # pillow is the first reader (EXIF, modes); OpenCV reads a few formats it cannot.

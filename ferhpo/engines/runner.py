@@ -89,11 +89,6 @@ def prepare_study(settings: SearchSettings):
 
     A storage that cannot be reached now fails at once, with one line: never reached, it
     is more likely a wrong URL than an outage (the workers ride out those)."""
-    folder = study_dir(settings)
-    try:
-        check_writable(folder)  # every trial writes there: a search that cannot, stops before it starts
-    except OSError as exc:
-        raise StoreError(f"cannot write the study's folder {folder} ({exc.strerror or exc}); expected a writable folder") from None
     study = store.open_study(settings.study, settings.storage, directions=settings.directions)
     saved = study.user_attrs.get(SETTINGS_ATTR)
     if saved is None and study.get_trials(deepcopy=False):
@@ -102,6 +97,11 @@ def prepare_study(settings: SearchSettings):
             f"expected a new --study name for the search"
         )
     check_resume(settings, saved)
+    folder = study_dir(settings)
+    try:
+        check_writable(folder)  # every trial writes there: a search that cannot, stops before it starts
+    except OSError as exc:
+        raise StoreError(f"cannot write the study's folder {folder} ({exc.strerror or exc}); expected a writable folder") from None
     if saved is None:
         study.set_user_attr(SETTINGS_ATTR, settings.binding())
         study.set_user_attr("ferhpo.search_command", {"sampler": settings.sampler, "pruner": settings.pruner})
