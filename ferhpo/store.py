@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import math
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ferhpo.errors import StoreError
 from ferhpo.redact import redact
@@ -27,6 +29,8 @@ SCHEMA = 1
 RECORD_ATTR = "ferhpo.record"
 STUDIES_DIR = Path("studies")
 DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR.as_posix()}/ferhpo.db"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -291,6 +295,33 @@ def records(study, *, states: tuple[str, ...] = ("complete", "pruned", "failed")
         if status in states:
             out.append(RunRecord.from_dict(raw))
     return out
+
+
+def best_first(
+    items: Iterable[T],
+    value: Callable[[T], float | None],
+    *,
+    maximize: bool = True,
+    group: Callable[[T], Any] | None = None,
+    tiebreak: Callable[[T], Any] | None = None,
+) -> list[T]:
+    """`items` (records, or anything that has an objective) best first.
+
+    Ordered by `group(item)` when given (lower first: e.g. complete runs before pruned
+    ones), then by `value(item)` (highest first when `maximize`, lowest otherwise; None
+    last), then by `tiebreak(item)` when given; items still tied keep the order given
+    (a record's order in the storage: the one recorded first wins).
+    """
+
+    def key(item: T):
+        v = value(item)
+        return (
+            group(item) if group is not None else 0,
+            math.inf if v is None else (-v if maximize else v),
+            tiebreak(item) if tiebreak is not None else 0,
+        )
+
+    return sorted(items, key=key)
 
 
 def counted(trial) -> bool:

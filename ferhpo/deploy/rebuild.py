@@ -79,9 +79,13 @@ def select_records(
                 f"--top {top} asks for {top} runs, but study {name!r} has {len(finished)} finished; "
                 f"expected --top {len(finished)} or less"
             )
-        sign = -1.0 if objective_direction == "maximize" else 1.0
-        order = sorted(range(len(finished)), key=lambda i: (sign * finished[i].best_val_accuracy, finished[i].created, i))
-        selected = [finished[i] for i in order[:top]]
+        ranked = store.best_first(
+            finished,
+            lambda r: r.best_val_accuracy,
+            maximize=objective_direction == "maximize",
+            tiebreak=lambda r: r.created,
+        )
+        selected = ranked[:top]
     for record in selected:
         weights_path(record, root)
     return selected

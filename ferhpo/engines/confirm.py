@@ -57,16 +57,15 @@ def top_trials(study, k: int, objective: str = "val_accuracy") -> list[store.Run
         raise StoreError(f"study {study.study_name!r} has no complete trial; expected a search with finished trials")
     if k > len(done):
         raise ConfigError(f"--top {k} asks for {k} configurations, but study {study.study_name!r} has {len(done)} complete trial(s)")
-    done.sort(key=lambda r: objective_value(r.to_dict(), objective), reverse=True)
-    return done[:k]
+    return store.best_first(done, lambda r: objective_value(r.to_dict(), objective))[:k]
 
 
 def reference_run(candidates: list[store.RunRecord], best: store.RunRecord) -> store.RunRecord:
     """The reference to confirm against: a complete baseline run of `best`'s budget,
     protocol and data (the highest test accuracy when several: the hardest bar)."""
-    from ferhpo.report.analysis import budget_text, incomparable
+    from ferhpo.report.compare import budget_text, why_incomparable
 
-    matching = [r for r in candidates if r.test_accuracy is not None and incomparable(best, r) is None]
+    matching = [r for r in candidates if r.test_accuracy is not None and why_incomparable(best, r) is None]
     if not matching:
         held = sorted({f"{budget_text(r.budget)} / {r.protocol}" for r in candidates}) or ["none"]
         raise StoreError(

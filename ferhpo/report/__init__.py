@@ -101,6 +101,7 @@ def build_report(
     """
     from ferhpo.presets import load_presets
     from ferhpo.report import analysis, render
+    from ferhpo.report.figure_specs import figure_specs
     from ferhpo.report.load import load_study
 
     chosen = parse_formats(formats)
@@ -114,7 +115,7 @@ def build_report(
     data = load_study(study, url=storage, baseline_study=baseline_study, root=Path(root))
     references = analysis.references_from_presets(load_presets())
     content = analysis.build_content(data, references, top=top, seed=seed)
-    specs = analysis.figure_specs(content)
+    specs = figure_specs(content)
     generated = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     with_figures = "md" in chosen or "html" in chosen
     if not with_figures:

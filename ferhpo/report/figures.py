@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ferhpo.atomic import atomic_path
+from ferhpo.formatting import objective_label
 
 
 def learning_curve(history: dict[str, list[float]], path: str | Path, *, title: str, best_epoch: int = 0) -> Path:
@@ -69,10 +70,6 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return Path(path)
 
 
-def _objective_label(name: str) -> str:
-    return "validation " + {"val_accuracy": "accuracy", "macro_f1": "macro-F1"}.get(name, name)
-
-
 def _pct(values):
     return [None if v is None else 100.0 * v for v in values]
 
@@ -111,7 +108,7 @@ def optimization_history(
         ax.axhline(100.0 * baseline[1], color=_BASELINE, linestyle=":", label=baseline[0])
     ax.set_xlabel("trial number")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"{_objective_label(objective)} (%)")
+    ax.set_ylabel(f"{objective_label(objective)} (%)")
     ax.set_title("Optimization history")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
@@ -150,7 +147,7 @@ def intermediate_curves(
     ax.set_xlabel("epoch")
     ax.set_xlim(0.8, longest + 0.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"{_objective_label(objective)} (%)")
+    ax.set_ylabel(f"{objective_label(objective)} (%)")
     ax.set_title("Validation curves per trial (x: where the pruner stopped a trial)")
     ax.grid(alpha=0.3)
     if seen:
@@ -232,7 +229,7 @@ def parallel_coordinates(
             ax.text(x + 0.04, 1.0, fmt(max(values)) + (" (log)" if kind == "log" else ""), fontsize=8, va="center")
     ax.text(n_axes - 1 + 0.04, 0.0, f"{100 * min(scores):.1f}%", fontsize=8, va="center")
     ax.text(n_axes - 1 + 0.04, 1.0, f"{100 * max(scores):.1f}%", fontsize=8, va="center")
-    names = [name for name, _, _ in axes] + [_objective_label(objective)]
+    names = [name for name, _, _ in axes] + [objective_label(objective)]
     ax.set_xticks(range(n_axes), names, rotation=20, ha="right")
     ax.set_xlim(-0.2, n_axes - 1 + 0.6)
     ax.set_ylim(-0.08, 1.08)
@@ -240,7 +237,7 @@ def parallel_coordinates(
     ax.set_ylabel("position on each axis's own range")
     ax.set_xlabel("hyperparameter (and the objective, right)")
     ax.set_title(f"Parallel coordinates of the top {len(trials)} trials")
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"{_objective_label(objective)} (%)")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"{objective_label(objective)} (%)")
     return _save(fig, path)
 
 

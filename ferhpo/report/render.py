@@ -16,7 +16,10 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from ferhpo.report.analysis import COLUMNS, Content, FigureSpec, fmt_seconds, objective_label, signed
+from ferhpo.formatting import format_seconds, format_signed, objective_label
+from ferhpo.report.analysis import COLUMNS
+from ferhpo.report.content import ReportContent
+from ferhpo.report.figure_specs import FigureSpec
 
 
 def _num(fmt: str) -> Callable[[Any], str]:
@@ -24,7 +27,7 @@ def _num(fmt: str) -> Callable[[Any], str]:
 
 
 def _pts(v) -> str:
-    return signed(v)
+    return format_signed(v)
 
 
 def _ci(row) -> str:
@@ -79,7 +82,7 @@ TABLE: list[tuple[str, Callable[[dict], str]]] = [
     ("PublicTest", lambda r: _num(".4f")(r["test_public_accuracy"])),
     ("macro-F1", lambda r: _num(".4f")(r["macro_f1"])),
     ("params", lambda r: _num(",")(r["params"])),
-    ("train time", lambda r: "–" if r["train_seconds"] is None else fmt_seconds(r["train_seconds"])),
+    ("train time", lambda r: "–" if r["train_seconds"] is None else format_seconds(r["train_seconds"])),
     ("images/s", lambda r: _num(",.0f")(r["images_per_second"])),
     ("Δ best ref (pts)", lambda r: _pts(r["diff_best_reference_pts"])),
     ("Δ family ref (pts)", lambda r: _pts(r["diff_family_reference_pts"])),
@@ -182,7 +185,7 @@ def _reference_split(rows):
     return ranked, rest
 
 
-def markdown(c: Content, *, generated: str, figures: list[FigureSpec], drawn: set[str]) -> str:
+def markdown(c: ReportContent, *, generated: str, figures: list[FigureSpec], drawn: set[str]) -> str:
     d = c.data
     out = [f"# Report: study `{d.name}`", "", f"Generated {generated} from `{d.url}`.", "", "## Summary", ""]
     out += [f"- {line}" for line in c.summary]
@@ -287,7 +290,7 @@ def _html_table(columns, items, *, row_class=None, sections=()) -> str:
     return f'<div class="wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
-def page(c: Content, *, generated: str, figures: list[FigureSpec], folder: Path, drawn: set[str]) -> str:
+def page(c: ReportContent, *, generated: str, figures: list[FigureSpec], folder: Path, drawn: set[str]) -> str:
     d = c.data
     ranked, rest = _reference_split(c.rows)
     parts = [
@@ -347,7 +350,7 @@ def _clean(value):
     return value
 
 
-def csv_text(c: Content) -> str:
+def csv_text(c: ReportContent) -> str:
     frame = pd.DataFrame([{k: row[k] for k in COLUMNS} for row in c.rows], columns=list(COLUMNS))
     frame["hyperparameters"] = [json.dumps(_clean(h), sort_keys=True) if h else "" for h in frame["hyperparameters"]]
     for column in ("rank", "trial_number", "epochs", "max_epochs", "test_images", "params", "mcnemar_b", "mcnemar_c",
@@ -356,7 +359,7 @@ def csv_text(c: Content) -> str:
     return frame.to_csv(index=False, lineterminator="\n")
 
 
-def json_text(c: Content, *, generated: str, figures: list[FigureSpec], drawn: set[str]) -> str:
+def json_text(c: ReportContent, *, generated: str, figures: list[FigureSpec], drawn: set[str]) -> str:
     d = c.data
     best = c.best
     doc = {
