@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--feed", choices=("queue", "autotuned"), required=True)
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--images", type=int, default=3000)
-    parser.add_argument("--threads", type=int, default=1, help="compute threads (default 1, as a trial of a 2-worker search on 2 cores)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="compute threads (default 1, as a trial of a 2-worker search on 2 cores)"
+    )
     args = parser.parse_args()
     os.environ.update(threads.thread_env(args.threads))  # before Keras loads
 

@@ -63,7 +63,7 @@ def tiny_items(per_class: int = 3) -> list[tuple[str, str, str, int]]:
     items = []
     seed = 0
     for cls in CLASSES:
-        for i in range(per_class):
+        for _ in range(per_class):
             items.append(("train", cls, "Training", seed))
             seed += 1
         for origin in ("PublicTest", "PrivateTest"):

@@ -21,10 +21,10 @@ import os
 import re
 import resource
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -288,7 +288,8 @@ CASES = [
     Case(
         "bench: unknown model",
         lambda t: ["bench", "--models", "densenet-c0.9"],
-        r"unknown preset 'densenet-c0\.9'; known presets: densenet-c0\.3, densenet-c0\.5, densenet-c0\.7, resnet-v1-104, resnet-v2-155",
+        r"unknown preset 'densenet-c0\.9'; known presets: "
+        r"densenet-c0\.3, densenet-c0\.5, densenet-c0\.7, resnet-v1-104, resnet-v2-155",
     ),
     Case(
         "bench: zero steps",

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_folder
-from test_baseline import TINY_PRESETS
 from ferhpo.bench import PATH_FIELDS, RESULT_FIELDS, forward_flops, reference_batches, reference_model
-from ferhpo.errors import ConfigError
 from ferhpo.config import DenseNetConfig, ResNetConfig, TrainConfig
-from ferhpo.presets import get_preset, load_presets
+from ferhpo.errors import ConfigError
 from ferhpo.models import build_model
+from ferhpo.presets import get_preset, load_presets
 from ferhpo.training import compiled_model
+from test_baseline import TINY_PRESETS
 
 TINY = {
     "densenet": DenseNetConfig(growth_rate=4, num_blocks=2, layers_per_block=2, head="gap"),
@@ -88,7 +88,9 @@ def test_mixed_bfloat16_path_computes_the_same_loss_within_bfloat16_tolerance(fa
 
 
 def test_an_unknown_precision_is_a_config_error():
-    with pytest.raises(ConfigError, match="precision must be one of .float32., .mixed_bfloat16., .mixed_float16., but got precision=.float8."):
+    with pytest.raises(
+        ConfigError, match="precision must be one of .float32., .mixed_bfloat16., .mixed_float16., but got precision=.float8."
+    ):
         TrainConfig(precision="float8")
 
 

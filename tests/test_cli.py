@@ -227,7 +227,7 @@ BAD_INPUTS = {
     ),
     "csv empty": (_empty_csv, "missing column.*got an empty file"),
     "csv missing a class": (
-        lambda root: _csv(root, lambda lines: lines.__setitem__(slice(None), [l for l in lines if not l.startswith("1,")])),
+        lambda root: _csv(root, lambda lines: lines.__setitem__(slice(None), [x for x in lines if not x.startswith("1,")])),
         "class disgust has no train images",
     ),
 }
@@ -271,7 +271,10 @@ def _assert_one_line_error(result, pattern):
         (["search", "--space", "densenet", "--objective", "loss"], "--objective must be val_accuracy, macro_f1"),
         (["search", "--space", "densenet", "--engine", "keras-tuner", "--workers", "2"], "--workers > 1 needs --engine optuna"),
         (["search", "--space", "densenet", "--engine", "keras-tuner", "--sampler", "tpe"], "--sampler tpe needs --engine optuna"),
-        (["search", "--space", "densenet", "--engine", "keras-tuner", "--pruner", "median"], "--pruner median needs --engine optuna"),
+        (
+            ["search", "--space", "densenet", "--engine", "keras-tuner", "--pruner", "median"],
+            "--pruner median needs --engine optuna",
+        ),
         (["search", "--space", "densenet", "--objective", "val_accuracy,params", "--pruner", "median"],
          "cannot prune a two-objective search"),
     ],
@@ -331,4 +334,6 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_unknown_keras_backend_is_a_one_line_error(tmp_path):
     result = run_cli("baseline", "--list", env={"KERAS_BACKEND": "bogus"}, cwd=tmp_path)
-    _assert_one_line_error(result, "cannot load Keras with backend 'bogus'.*expected KERAS_BACKEND to be tensorflow, jax or torch")
+    _assert_one_line_error(
+        result, "cannot load Keras with backend 'bogus'.*expected KERAS_BACKEND to be tensorflow, jax or torch"
+    )

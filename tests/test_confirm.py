@@ -59,7 +59,8 @@ def test_confirm_copies_seed0_trains_the_others_and_resumes(finished):
         assert record.train["seed"] == int(record.run.rsplit("seed", 1)[1])
         origin = source.get(record.run.rsplit("-seed", 1)[0])
         if origin is not None:  # a trial: same configuration as its source, only the seed differs
-            assert {k: v for k, v in record.train.items() if k != "seed"} == {k: v for k, v in origin.train.items() if k != "seed"}
+            unseeded = {k: v for k, v in origin.train.items() if k != "seed"}
+            assert {k: v for k, v in record.train.items() if k != "seed"} == unseeded
             assert record.model == origin.model and record.kind == "trial"
         else:
             assert record.kind == "baseline" and record.run.startswith("tiny-reference-seed")

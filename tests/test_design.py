@@ -48,17 +48,30 @@ ALLOWED = {
     "threads.py": {"ferhpo.errors"},
     "data.py": {"numpy", "PIL", "platformdirs", "ferhpo.errors", "ferhpo.atomic"},
     "models": {"keras", "ferhpo.config", "ferhpo.errors", "ferhpo.models"},
-    "training": {"keras", "numpy", "ferhpo.config", "ferhpo.data", "ferhpo.models", "ferhpo.atomic", "ferhpo.errors", "ferhpo.phases", "ferhpo.training"},
+    "training": {
+        "keras", "numpy",
+        "ferhpo.config", "ferhpo.data", "ferhpo.models", "ferhpo.atomic", "ferhpo.errors", "ferhpo.phases", "ferhpo.training",
+    },
     # store opens a retrying storage for the search's workers (ferhpo.outage: tenacity)
     "store.py": {"optuna", "sqlalchemy", "ferhpo.errors", "ferhpo.outage", "ferhpo.redact"},
     "outage.py": {"optuna", "sqlalchemy", "tenacity", "ferhpo.errors", "ferhpo.redact"},
     # presets are stdlib-only (the reported references); optuna rebuilds trials for importance (store uses it anyway)
-    "report": {"numpy", "pandas", "matplotlib", "optuna", "ferhpo.store", "ferhpo.atomic", "ferhpo.errors", "ferhpo.formatting", "ferhpo.config", "ferhpo.presets", "ferhpo.report", "ferhpo.phases", "ferhpo.redact"},
-    "runs.py": {"numpy", "ferhpo.store", "ferhpo.atomic", "ferhpo.config", "ferhpo.data", "ferhpo.report", "ferhpo.training", "ferhpo.phases"},
+    "report": {
+        "numpy", "pandas", "matplotlib", "optuna",
+        "ferhpo.store", "ferhpo.atomic", "ferhpo.errors", "ferhpo.formatting", "ferhpo.config", "ferhpo.presets",
+        "ferhpo.report", "ferhpo.phases", "ferhpo.redact",
+    },
+    "runs.py": {
+        "numpy",
+        "ferhpo.store", "ferhpo.atomic", "ferhpo.config", "ferhpo.data", "ferhpo.report", "ferhpo.training", "ferhpo.phases",
+    },
     # spaces are data: no tuner import; the adapters take an Optuna trial / KerasTuner hp duck-typed
     "spaces": {"ferhpo.config", "ferhpo.presets", "ferhpo.errors", "ferhpo.spaces"},
     # the HyperModels compile with training's recipe (optimizer, augmentation layers), not a copy of it
-    "hypermodels.py": {"keras", "keras_tuner", "numpy", "ferhpo.spaces", "ferhpo.models", "ferhpo.training", "ferhpo.config", "ferhpo.data"},
+    "hypermodels.py": {
+        "keras", "keras_tuner", "numpy",
+        "ferhpo.spaces", "ferhpo.models", "ferhpo.training", "ferhpo.config", "ferhpo.data",
+    },
     # bench times training's own compiled model; it asks the backend Keras runs on for its
     # device and memory; scipy shifts images in the reference pipeline's host augmentation;
     # data for the load timing; store for the environment record
@@ -68,7 +81,11 @@ ALLOWED = {
     },
     # from a study to a model: rebuild runs (training's own layers), export with Keras' writers, load with
     # tensorflow / onnxruntime; OpenCV finds faces in photos
-    "deploy": {"keras", "numpy", "optuna", "cv2", "PIL", "tensorflow", "onnx", "tf2onnx", "onnxruntime", "ferhpo.training", "ferhpo.models", "ferhpo.config", "ferhpo.store", "ferhpo.errors", "ferhpo.atomic", "ferhpo.data", "ferhpo.deploy", "ferhpo.redact"},
+    "deploy": {
+        "keras", "numpy", "optuna", "cv2", "PIL", "tensorflow", "onnx", "tf2onnx", "onnxruntime",
+        "ferhpo.training", "ferhpo.models", "ferhpo.config", "ferhpo.store", "ferhpo.errors", "ferhpo.atomic", "ferhpo.data",
+        "ferhpo.deploy", "ferhpo.redact",
+    },
     "engines": {
         "optuna", "keras_tuner", "numpy", "keras",
         "ferhpo.spaces", "ferhpo.training", "ferhpo.store", "ferhpo.runs", "ferhpo.config", "ferhpo.data",

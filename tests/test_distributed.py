@@ -59,7 +59,8 @@ def search_and_check(workdir: Path, data: Path, *, workers: int, trials: int, st
     assert len(counted) == trials, [(t.number, t.state.name, t.user_attrs) for t in all_trials]
     numbers = [t.number for t in all_trials]
     assert len(numbers) == len(set(numbers)), numbers
-    left = [(t.number, t.state.name) for t in all_trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
+    unfinished = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    left = [(t.number, t.state.name) for t in all_trials if t.state in unfinished]
     assert left == []
     # Tiny data, one epoch: every trial completes (a smoke budget leaves nothing to prune).
     assert store.failures(study) == []

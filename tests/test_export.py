@@ -246,7 +246,9 @@ def test_the_storage_password_stays_off_the_card(study, exports, tmp_path):
 
 def test_choosing_runs_that_are_not_there_is_a_one_line_error(study, tmp_path):
     s = study.study
-    with pytest.raises(DeployError, match=r"^--top 5 asks for 5 runs, but study 'tiny' has 2 finished; expected --top 2 or less$"):
+    with pytest.raises(
+        DeployError, match=r"^--top 5 asks for 5 runs, but study 'tiny' has 2 finished; expected --top 2 or less$"
+    ):
         rebuild.select_records(s, top=5, root=study.studies)
     with pytest.raises(DeployError, match=r"study 'tiny' has no trial 7; its finished runs: trial-0, trial-1"):
         rebuild.select_records(s, trial=7, root=study.studies)
@@ -278,7 +280,10 @@ def test_bad_export_targets_are_one_line_errors_and_write_nothing(study, exports
     with pytest.raises(DeployError, match=r"cannot write export folder .*a-file/sub .*; expected a writable path"):
         export.export(records, fmt="keras", out=tmp_path / "a-file" / "sub", **kwargs)
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if not installed
-    with pytest.raises(DeployError, match=r"cannot export onnx: tf2onnx not installed; expected tf2onnx and onnx \(pip install 'ferhpo\[onnx\]'\)"):
+    with pytest.raises(
+        DeployError,
+        match=r"cannot export onnx: tf2onnx not installed; expected tf2onnx and onnx \(pip install 'ferhpo\[onnx\]'\)",
+    ):
         export.export(records, fmt="onnx", out=tmp_path / "o", **kwargs)
     for error in (DeployError, ConfigError):
         assert issubclass(error, FerhpoError)
@@ -305,7 +310,9 @@ def test_a_failed_export_leaves_nothing_and_an_empty_folder_is_filled(study, exp
 
 
 def test_loading_what_is_not_an_export_is_a_one_line_error(exports, tmp_path):
-    with pytest.raises(DeployError, match=r"is not a ferhpo export \(no model_card.json\); expected a folder written by ferhpo export"):
+    with pytest.raises(
+        DeployError, match=r"is not a ferhpo export \(no model_card.json\); expected a folder written by ferhpo export"
+    ):
         export.load_export(tmp_path)
     with pytest.raises(DeployError, match=r"nowhere does not exist; expected a folder written by ferhpo export"):
         export.load_export(tmp_path / "nowhere")
@@ -313,7 +320,9 @@ def test_loading_what_is_not_an_export_is_a_one_line_error(exports, tmp_path):
     with pytest.raises(DeployError, match=r"is not a ferhpo model card of version 1"):
         export.load_export(tmp_path)
     _, predict = export.load_export(exports.folders["keras"])
-    with pytest.raises(DeployError, match=r"images of shape \(2, 32, 32\) do not fit the model; expected uint8 images of shape \(N, 48, 48, 1\)"):
+    with pytest.raises(
+        DeployError, match=r"images of shape \(2, 32, 32\) do not fit the model; expected uint8 images of shape \(N, 48, 48, 1\)"
+    ):
         predict(np.zeros((2, 32, 32), np.uint8))
     with pytest.raises(DeployError, match=r"images of dtype float32 do not fit the model; expected uint8 .*unscaled"):
         predict(np.zeros((2, 48, 48, 1), np.float32))

@@ -15,7 +15,8 @@ FAIL = optuna.trial.TrialState.FAIL
 
 def trial(number: int, state=FAIL, error: str | None = None):
     attrs = {store.ERROR_ATTR: error} if error else {}
-    made = optuna.trial.create_trial(state=state, user_attrs=attrs, value=0.5 if state == optuna.trial.TrialState.COMPLETE else None)
+    value = 0.5 if state == optuna.trial.TrialState.COMPLETE else None
+    made = optuna.trial.create_trial(state=state, user_attrs=attrs, value=value)
     made.number = number
     return made
 
@@ -25,7 +26,11 @@ def nan(epoch: int, folder: str) -> str:
 
 
 def test_the_same_reason_in_other_words_of_numbers_and_paths_stops_the_search():
-    trials = [trial(0, error=nan(1, "/s/trial-0-ab12")), trial(1, error=nan(2, "/s/trial-1-cd34")), trial(2, error=nan(1, "/s/t-2"))]
+    trials = [
+        trial(0, error=nan(1, "/s/trial-0-ab12")),
+        trial(1, error=nan(2, "/s/trial-1-cd34")),
+        trial(2, error=nan(1, "/s/t-2")),
+    ]
     assert fail_fast_reason(trials, 3) == trials[0].user_attrs[store.ERROR_ATTR]
     assert fail_fast_reason(trials, 2) is not None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import keras
 import keras_tuner
 import numpy as np
@@ -12,6 +11,7 @@ from conftest import space_text
 from ferhpo.errors import ConfigError
 from ferhpo.hypermodels import DenseNetHyperModel, ResNetHyperModel, SpaceHyperModel
 from ferhpo.presets import get_preset
+
 
 @pytest.fixture
 def tiny_space(tmp_path):

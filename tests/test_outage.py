@@ -31,7 +31,9 @@ ENV = {"FERHPO_HEARTBEAT": "2"}
 def server() -> tuple[str, str]:
     url, ctl = os.environ.get("FERHPO_TEST_POSTGRES"), os.environ.get("FERHPO_TEST_POSTGRES_CTL")
     if not url or not ctl:
-        pytest.skip("no PostgreSQL server to stop and start: set FERHPO_TEST_POSTGRES and FERHPO_TEST_POSTGRES_CTL (.ci/run does)")
+        pytest.skip(
+            "no PostgreSQL server to stop and start: set FERHPO_TEST_POSTGRES and FERHPO_TEST_POSTGRES_CTL (.ci/run does)"
+        )
     yield url, ctl
     subprocess.run([ctl, "start"], capture_output=True, cwd="/")  # whatever happened, the server is back for the next test
 

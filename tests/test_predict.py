@@ -89,7 +89,11 @@ def test_any_mode_and_exif_rotation_read_as_upright_grayscale(astronaut_rgb, tmp
     upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.png", exif=exif)
     assert np.array_equal(faces.load_image(tmp_path / "turned.png"), expected)
     for mode in ("RGBA", "P", "LA", "CMYK", "I;16"):
-        im = upright.convert(mode) if mode != "I;16" else Image.fromarray((np.asarray(upright.convert("L")).astype(np.uint16) * 257))
+        im = (
+            upright.convert(mode)
+            if mode != "I;16"
+            else Image.fromarray(np.asarray(upright.convert("L")).astype(np.uint16) * 257)
+        )
         path = tmp_path / f"mode-{mode.replace(';', '')}.{'tif' if mode == 'CMYK' else 'png'}"
         im.save(path)
         gray = faces.load_image(path)
@@ -337,7 +341,9 @@ def test_an_image_too_large_to_decode_safely_is_a_one_line_error(tmp_path):
 
 def test_a_too_large_image_is_one_line_and_the_other_files_go_on(tiny_study, exported, astronaut, tmp_path, capsys, monkeypatch):
     Image.new("1", (20_000, 20_000)).save(tmp_path / "bomb.png")
-    code, out, err = _predict(tiny_study, capsys, monkeypatch, str(exported), str(tmp_path / "bomb.png"), str(astronaut), "--json")
+    code, out, err = _predict(
+        tiny_study, capsys, monkeypatch, str(exported), str(tmp_path / "bomb.png"), str(astronaut), "--json"
+    )
     assert code == 0, err
     rows = {Path(r["file"]).name: r for r in json.loads(out)}
     assert rows["astronaut.png"]["class"] in CLASSES

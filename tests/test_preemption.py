@@ -123,7 +123,9 @@ def test_sigterm_to_one_worker_requeues_its_trial_for_the_others(small_data, wor
 
 
 def _files(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_a_full_disk_fails_the_trial_with_its_reason_and_touches_nothing_else(small_data, workdir):

@@ -42,7 +42,9 @@ def test_a_child_gets_the_real_url_from_its_environment_only(monkeypatch):
     assert real_url("postgresql://bob:***@other/db") == "postgresql://bob:***@other/db"  # not this storage's
 
 
-@pytest.mark.parametrize("command", [["status"], ["report", "--study", "s"], ["search", "--space", "tiny.toml", "--budget", "smoke"]])
+@pytest.mark.parametrize(
+    "command", [["status"], ["report", "--study", "s"], ["search", "--space", "tiny.toml", "--budget", "smoke"]]
+)
 def test_an_unreachable_storage_is_named_without_its_password(command, workdir, small_data):
     url = f"postgresql://ann:{PASSWORD}@127.0.0.1:9/ferhpo"  # port 9 (discard): refused
     extra = ["--data", str(small_data)] if command[0] == "search" else []
