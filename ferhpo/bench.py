@@ -13,7 +13,8 @@ For each model `bench_model` times, in one process and alternating block by bloc
 
 The first steps of every block are warm-up and are not timed; figures are medians
 over repeats. Inference is one ``predict`` call over at least 512 images per block.
-`ferhpo bench` runs every model in a fresh process, so its peak memory is its own. Forward FLOPs are counted from the layer shapes (multiply-adds x 2 of
+`ferhpo bench` runs every model in a fresh process, so its peak memory is its own.
+Forward FLOPs are counted from the layer shapes (multiply-adds x 2 of
 convolution and dense layers); a training step is counted as three forward passes
 (forward, and backward for inputs and weights). The ceiling is this machine's
 measured matrix-multiply rate in the compute dtype.
@@ -267,7 +268,7 @@ def reference_model(model_config: ModelConfig, train: TrainConfig) -> keras.Mode
 class _StepClock(keras.callbacks.Callback):
     """The time at which each training step finished (waiting for asynchronous backends)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.ends: list[float] = []
 
@@ -443,7 +444,7 @@ def ceilings(precision: str) -> dict[str, float]:
     return out
 
 
-def gpu_capability() -> tuple[int, int] | None:
+def gpu_capability() -> tuple[int, ...] | None:
     """The CUDA compute capability of the backend's GPU, or None (no GPU, or not known)."""
     try:
         backend = keras.backend.backend()
@@ -531,7 +532,9 @@ def table(report: dict) -> list[str]:
         if r["reference"]:
             rows.append(("reference", "float32", r["reference"]))
         for k, (path, precision, p) in enumerate(rows):
-            head = f"{r['name']:<16}{r['params']:>11,}{r['forward_gflops_per_image']:>10.3f}{r['batch']:>6}" if k == 0 else " " * 43
+            head = (
+                f"{r['name']:<16}{r['params']:>11,}{r['forward_gflops_per_image']:>10.3f}{r['batch']:>6}" if k == 0 else " " * 43
+            )
             device = f"{p['peak_device_mb']:,.0f}" if p["peak_device_mb"] is not None else "-"
             lines.append(
                 f"{head}  {path:<10}{precision:<15}{p['train_images_per_second']:>12.1f}{p['epoch_seconds']:>9,.0f}"

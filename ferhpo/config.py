@@ -167,9 +167,11 @@ class DenseNetConfig:
         # Each transition halves the map with a floor (2x2 valid pooling); the
         # avg4 head then needs at least a 4x4 map, gap at least 1x1.
         halvings = self.num_blocks - 1
-        need = (4 if self.head == "avg4" else 1) * 2**halvings
+        base = 4 if self.head == "avg4" else 1
+        # base * 2**halvings, written out only while small: num_blocks may be any integer
+        need = base * 2**halvings if halvings < 64 else f"{base} * 2**{halvings}"
         height, width = self.input_shape[:2]
-        if min(height, width) < need:
+        if min(height, width) >> halvings < base:  # min < base * 2**halvings
             raise ConfigError(
                 f"DenseNet with num_blocks={self.num_blocks} and head={self.head!r} needs input "
                 f"height and width of at least {need} ({halvings} transitions halve the map, and "
@@ -444,7 +446,7 @@ def get_budget(name: str, *, epochs: int | None = None, train_limit: int | None 
     if name not in BUDGETS:
         raise ConfigError(f"unknown budget {name!r}; known budgets: {', '.join(BUDGETS)}")
     budget = BUDGETS[name]
-    changes = {k: v for k, v in (("epochs", epochs), ("train_limit", train_limit)) if v is not None}
+    changes: dict[str, Any] = {k: v for k, v in (("epochs", epochs), ("train_limit", train_limit)) if v is not None}
     return dataclasses.replace(budget, **changes) if changes else budget
 
 
@@ -563,7 +565,7 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     """Rebuild a model config from ``{"family": ..., <fields>}``; unknown keys are errors."""
     fields = dict(data)
     family = fields.pop("family", None)
-    if family not in _MODEL_CLASSES:
+    if not isinstance(family, str) or family not in _MODEL_CLASSES:
         known = ", ".join(repr(f) for f in _MODEL_CLASSES)
         raise ConfigError(f"model family must be one of {known}, but got family={family!r}")
     model_cls = _MODEL_CLASSES[family]

@@ -82,14 +82,14 @@ def unreachable(exc: BaseException) -> bool:
     """
     import sqlalchemy.exc
 
-    for exc in chain(exc):
-        if isinstance(exc, StorageUnavailable):
+    for link in chain(exc):
+        if isinstance(link, StorageUnavailable):
             return False
-        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError)):
+        if isinstance(link, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError)):
             return True
-        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        if isinstance(link, sqlalchemy.exc.DBAPIError) and link.connection_invalidated:
             return True
-        if isinstance(exc, (ConnectionError, TimeoutError)):
+        if isinstance(link, (ConnectionError, TimeoutError)):
             return True
     return False
 
@@ -113,7 +113,10 @@ def call(fn, url: str, window: float):
     counted from the outage's start; StorageUnavailable after that."""
 
     def give_up(state: tenacity.RetryCallState) -> bool:
-        exc = state.outcome.exception()
+        outcome = state.outcome
+        assert outcome is not None  # stop is asked after an attempt
+        exc = outcome.exception()
+        assert exc is not None  # ... that failed: the retry predicate asked for another
         since = OUTAGE.failed(reason_of(exc))
         return time.time() - since >= window
 
@@ -200,6 +203,7 @@ def _record_heartbeat(self, trial_id: int) -> None:
 
 
 _beat = RetryingRDBStorage.record_heartbeat
-RetryingRDBStorage.record_heartbeat = _record_heartbeat
+# a deliberate patch of the method (mypy forbids assigning to one)
+RetryingRDBStorage.record_heartbeat = _record_heartbeat  # type: ignore[method-assign]
 _stale = _retried("_get_stale_trial_ids")
 

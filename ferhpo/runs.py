@@ -154,7 +154,9 @@ def train_run(
             ),
         )
         with phases.phase("write"):
-            artifacts = _write_artifacts(folder, name=name, budget=budget, protocol=protocol, data=data, splits=splits, result=result)
+            artifacts = _write_artifacts(
+                folder, name=name, budget=budget, protocol=protocol, data=data, splits=splits, result=result
+            )
         artifacts["record"] = f"{run_id}/record.json"
         record = store.RunRecord(
             study=study_name,

@@ -23,8 +23,8 @@ import optuna
 from ferhpo import store
 from ferhpo.engines import SETTINGS_ATTR
 from ferhpo.errors import StoreError
-from ferhpo.redact import redact
 from ferhpo.progress import PROGRESS_ATTR, WANTED_ATTR, RunProgress, clock, study_seconds_left
+from ferhpo.redact import redact
 
 
 @dataclass
@@ -142,7 +142,9 @@ def snapshot(study, *, wanted: int | None = None, now: float | None = None) -> S
                 if best is None or t.value > best:
                     best, best_run = t.value, t.user_attrs.get("run") or f"trial-{t.number}"
 
-    running_trials = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and not t.user_attrs.get(store.SURPLUS_ATTR)]
+    running_trials = [
+        t for t in trials if t.state == optuna.trial.TrialState.RUNNING and not t.user_attrs.get(store.SURPLUS_ATTR)
+    ]
     ages = heartbeat_ages(study._storage, [t._trial_id for t in running_trials])
     grace = stale_after()
     running = []
@@ -183,8 +185,9 @@ def snapshot(study, *, wanted: int | None = None, now: float | None = None) -> S
     if wanted is not None:
         pending = max(0, wanted - counts["done"] - len(live))
         lefts = [r.seconds_left if r.seconds_left is not None else per_trial for r in live]
-        if all(v is not None for v in lefts):
-            left = study_seconds_left(lefts, pending, per_trial, len(live))
+        known = [v for v in lefts if v is not None]
+        if len(known) == len(lefts):
+            left = study_seconds_left(known, pending, per_trial, len(live))
     return StudyStatus(
         study=study.study_name,
         kind=kind,
@@ -274,6 +277,7 @@ def render_all(studies: list[StudyStatus], url: str) -> list[str]:
         trials = f"{c['done']}/{s.wanted}" if s.wanted is not None else str(c["done"])
         best = f"{s.best:.4f} {s.objective}" if s.best is not None else "-"
         lines.append(
-            f"{s.study:<{width}}{s.kind:<10}{trials:>8}{c['complete']:>10}{c['pruned']:>8}{c['failed']:>8}{c['running']:>9}  {best}"
+            f"{s.study:<{width}}{s.kind:<10}{trials:>8}{c['complete']:>10}{c['pruned']:>8}{c['failed']:>8}"
+            f"{c['running']:>9}  {best}"
         )
     return lines

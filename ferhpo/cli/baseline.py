@@ -6,22 +6,25 @@ import argparse
 import json
 import sys
 import time
-
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ferhpo.cli.common import (
-    estimate_lines,
     PROG,
     Command,
     UsageError,
     add_data_options,
     add_storage_argument,
+    estimate_lines,
     import_keras,
     load_data,
     non_negative_int,
     positive_int,
     quiet_optuna,
 )
+
+if TYPE_CHECKING:  # the command line loads ferhpo.config when a command runs, not at import
+    from ferhpo.config import ModelConfig, TrainConfig
 
 
 def _baseline_arguments(p: argparse.ArgumentParser) -> None:
@@ -87,7 +90,7 @@ def _parse_overrides(items: list[str]) -> dict:
             raise UsageError(f"--set expects FIELD=VALUE, got {item!r}")
         try:
             value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
+        except (tomllib.TOMLDecodeError, RecursionError):  # RecursionError: [[[[... nested too deeply
             value = text  # a bare word such as adam or reference-step
         overrides[key.strip()] = value
     return overrides
@@ -98,8 +101,8 @@ class _PlannedRun:
     """A configuration `ferhpo baseline` trains, under the name its results carry."""
 
     name: str
-    model: object
-    train: object
+    model: ModelConfig
+    train: TrainConfig
     protocol: str
     reported_test_accuracy: float | None  # the study's number, for an unmodified preset only
 
@@ -108,7 +111,7 @@ def _select_runs(args: argparse.Namespace) -> list[_PlannedRun]:
     """The presets (or the space's defaults) with --set/--seed/--precision applied. A
     configuration changed by --set is named after its changes and never carries the
     preset's reported accuracy: it is not the model the study reported."""
-    from ferhpo.presets import get_preset, load_presets, override, override_name
+    from ferhpo.presets import get_preset, load_presets, override, override_name, override_preset
 
     changes = _parse_overrides(args.set)
     overrides = dict(changes)
@@ -128,7 +131,7 @@ def _select_runs(args: argparse.Namespace) -> list[_PlannedRun]:
     names = args.only or list(load_presets(args.presets))
     planned = []
     for name in dict.fromkeys(names):
-        preset = get_preset(name, path=args.presets, **overrides)
+        preset = override_preset(get_preset(name, path=args.presets), overrides)  # any key: no keyword clash
         renamed = override_name(preset.name, changes)
         reported = preset.reported_test_accuracy if renamed == preset.name else None
         planned.append(_PlannedRun(renamed, preset.model, preset.train, args.protocol or preset.protocol, reported))
@@ -139,8 +142,8 @@ def _baseline_list(args: argparse.Namespace) -> int:
     import_keras()
     import keras
 
-    from ferhpo.presets import load_presets
     from ferhpo.models import build_model
+    from ferhpo.presets import load_presets
 
     rows = []
     for preset in load_presets(args.presets).values():
@@ -204,7 +207,8 @@ def _baseline_run(args: argparse.Namespace) -> int:
         finished_record = None if args.force else runs.find_finished(study, key)
         plan.append((planned, train, finished_record))
 
-    results, finished = [], []
+    results: list[dict] = []
+    finished: list[str] = []
     to_train = [train for _, train, finished_record in plan if finished_record is None]
     progress = TrainingProgress(total_epochs=sum(train.epochs for train in to_train), runs=len(to_train), out=out)
     phases.mark_startup()

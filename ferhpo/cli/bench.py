@@ -45,8 +45,12 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         help="compute threads on the CPU (default: the backend's, every core); e.g. run two "
         "'--threads 1' benches side by side to see what two search workers get",
     )
-    p.add_argument("--reference", action="store_true", help="also time the straightforward pipeline, alternating, and print the ratio")
-    p.add_argument("--data", metavar="PATH", help="also time loading this FER2013 (cold decode and warm cache) and train on its images")
+    p.add_argument(
+        "--reference", action="store_true", help="also time the straightforward pipeline, alternating, and print the ratio"
+    )
+    p.add_argument(
+        "--data", metavar="PATH", help="also time loading this FER2013 (cold decode and warm cache) and train on its images"
+    )
     p.add_argument("--cache-dir", metavar="DIR", help="cache folder for --data (default: $FERHPO_CACHE, else the user cache dir)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout (progress still goes to stderr)")
 
@@ -63,7 +67,9 @@ def _bench_run(args: argparse.Namespace) -> int:
     if args.backend:
         loaded = sys.modules.get("keras")
         if loaded is not None and loaded.backend.backend() != args.backend:
-            raise UsageError(f"--backend {args.backend}: Keras is already loaded with {loaded.backend.backend()!r} in this process")
+            raise UsageError(
+                f"--backend {args.backend}: Keras is already loaded with {loaded.backend.backend()!r} in this process"
+            )
         os.environ["KERAS_BACKEND"] = args.backend
     if args.threads:
         from ferhpo.threads import thread_env

@@ -8,8 +8,8 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ferhpo.errors import FerhpoError
 
@@ -185,8 +185,8 @@ def estimate_lines(name: str, per_epoch: float, epochs: int, runs: int, workers:
     ]
     if all_runs > DAY and accelerator is False:
         lines.append(
-            f"note: that is more than a day, and Keras found no GPU or TPU here; on a CPU, --budget cpu with the "
-            f"*-cpu spaces (search_spaces/resnet-cpu.toml, densenet-cpu.toml) fits (minutes an epoch); "
-            f"going on as asked"
+            "note: that is more than a day, and Keras found no GPU or TPU here; on a CPU, --budget cpu with the "
+            "*-cpu spaces (search_spaces/resnet-cpu.toml, densenet-cpu.toml) fits (minutes an epoch); "
+            "going on as asked"
         )
     return lines

@@ -24,7 +24,9 @@ def _confirm_arguments(p: argparse.ArgumentParser) -> None:
     add_data_options(p)
     p.add_argument("--study", required=True, help="the search whose top configurations to confirm")
     add_storage_argument(p)
-    p.add_argument("--top", type=positive_int, default=3, metavar="K", help="configurations to confirm, best by validation (default 3)")
+    p.add_argument(
+        "--top", type=positive_int, default=3, metavar="K", help="configurations to confirm, best by validation (default 3)"
+    )
     p.add_argument("--seeds", type=positive_int, default=3, metavar="N",
                    help="seeds per configuration, the run's own seed first (default 3); the study's own run of that "
                    "seed is reused, not retrained")

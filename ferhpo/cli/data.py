@@ -6,8 +6,8 @@ import argparse
 import json
 
 from ferhpo.cli.common import (
-    Parser,
     Command,
+    Parser,
     add_data_options,
     load_data,
     non_negative_int,

@@ -21,7 +21,9 @@ def _ensemble_arguments(p: argparse.ArgumentParser) -> None:
     add_data_options(p)
     p.add_argument("--study", required=True, help="study whose finished runs to average (a search or a confirm study)")
     add_storage_argument(p)
-    p.add_argument("--top", type=positive_int, default=3, metavar="K", help="members: the K runs of best validation accuracy (default 3)")
+    p.add_argument(
+        "--top", type=positive_int, default=3, metavar="K", help="members: the K runs of best validation accuracy (default 3)"
+    )
     p.add_argument("--tta", action="store_true", help="also average each image's probabilities with its mirror image's")
     p.add_argument("--json", action="store_true", help="print the ensemble's summary as JSON")
 

@@ -14,9 +14,9 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ferhpo.cli.common import (
     PROG,
@@ -231,6 +231,11 @@ class Row:
             "error": self.error,
         }
 
+    def classified(self) -> tuple[tuple[int, int, int, int], str, float]:
+        """A classified face's box, class and that class's probability."""
+        assert self.box is not None and self.label is not None and self.probabilities is not None  # a face's row
+        return self.box, self.label, self.probabilities[self.label]
+
 
 def _annotated_name(rel: Path, taken: set[Path]) -> Path:
     from ferhpo.deploy.faces import WRITABLE_EXTENSIONS
@@ -277,7 +282,8 @@ def _predict_run(args: argparse.Namespace) -> int:
         for i, box in enumerate(boxes):
             crops.append(faces.crop_face(gray, box))
             face_rows.append(len(rows))
-            rows.append(Row(str(source.path), face=i, box=tuple(int(v) for v in box)))
+            x, y, w, h = box
+            rows.append(Row(str(source.path), face=i, box=(int(x), int(y), int(w), int(h))))
         face_rows_by_file.append((source, face_rows))
 
     if crops:
@@ -291,7 +297,7 @@ def _predict_run(args: argparse.Namespace) -> int:
     if annotate_dir is not None:
         taken: set[Path] = set()
         for source, face_rows in face_rows_by_file:
-            drawn = [(rows[i].box, rows[i].label, rows[i].probabilities[rows[i].label]) for i in face_rows]
+            drawn = [rows[i].classified() for i in face_rows]
             faces.annotate(source.path, drawn, annotate_dir / _annotated_name(source.rel, taken))
         copies = len(face_rows_by_file)
         print(f"{PROG}: {copies} annotated cop{'y' if copies == 1 else 'ies'} in {annotate_dir}", file=sys.stderr)
@@ -325,7 +331,8 @@ def _table(rows: list[Row]) -> list[str]:
         if r.error is not None:
             cells.append((r.file, "-", "-", f"error: {r.error}", ""))
         else:
-            cells.append((r.file, str(r.face), ",".join(map(str, r.box)), r.label, f"{r.probabilities[r.label]:.2f}"))
+            box, label, probability = r.classified()
+            cells.append((r.file, str(r.face), ",".join(map(str, box)), label, f"{probability:.2f}"))
     # an error's message runs on past the class column instead of widening it
     widths = [max([len(head[i])] + [len(c[i]) for c in cells if not (i == 3 and c[4] == "")]) for i in range(4)]
     lines = [f"{head[0]:<{widths[0]}}  {head[1]:>{widths[1]}}  {head[2]:<{widths[2]}}  {head[3]:<{widths[3]}}  {head[4]}"]

@@ -17,7 +17,9 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, help="study to report on (a search, a baseline study, or one still running)")
     add_storage_argument(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default: reports/<study>/); an earlier report there is replaced")
-    p.add_argument("--format", default="md,html,csv,json", help="comma-separated formats: md, html, csv, json (default: all four)")
+    p.add_argument(
+        "--format", default="md,html,csv,json", help="comma-separated formats: md, html, csv, json (default: all four)"
+    )
     p.add_argument("--top", type=positive_int, default=10, metavar="K",
                    help="trials tested against the best baseline (bootstrap interval, McNemar; default 10)")
     p.add_argument("--baseline-study", metavar="NAME",

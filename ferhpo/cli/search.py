@@ -7,12 +7,12 @@ import sys
 import time
 
 from ferhpo.cli.common import (
-    estimate_lines,
     PROG,
     Command,
     UsageError,
     add_data_options,
     add_storage_argument,
+    estimate_lines,
     import_keras,
     load_data,
     non_negative_float,
@@ -72,10 +72,14 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         + " (default: full; its 200 epochs are Hyperband's maximum resource)",
     )
     p.add_argument("--max-epochs", type=positive_int, metavar="N", help="override the budget's epochs per trial")
-    p.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine sharing the study (default 1)")
+    p.add_argument(
+        "--workers", type=positive_int, default=1, help="worker processes on this machine sharing the study (default 1)"
+    )
     p.add_argument("--protocol", choices=["holdout", "canonical"], default="holdout",
                    help="split protocol: validation from Training (holdout, default) or PublicTest (canonical)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the splits, the initialisation and the sampler (default 0)")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the splits, the initialisation and the sampler (default 0)"
+    )
     p.add_argument(
         "--precision",
         choices=list(PRECISIONS),
@@ -134,7 +138,9 @@ def _resolve_engine_options(args: argparse.Namespace, objectives: tuple[str, ...
             raise UsageError(f"--pruner {args.pruner} needs --engine optuna; keras-tuner prunes with --pruner hyperband only")
         if args.pruner == "hyperband":
             if args.sampler is not None:
-                raise UsageError("with --engine keras-tuner, --pruner hyperband (the Hyperband tuner) and --sampler exclude each other")
+                raise UsageError(
+                    "with --engine keras-tuner, --pruner hyperband (the Hyperband tuner) and --sampler exclude each other"
+                )
             return "hyperband", "hyperband"
         if args.sampler not in (None, "random", "gp"):
             raise UsageError(f"--sampler {args.sampler} needs --engine optuna; keras-tuner runs --sampler random or gp")
@@ -142,7 +148,9 @@ def _resolve_engine_options(args: argparse.Namespace, objectives: tuple[str, ...
     sampler = args.sampler or ("nsga2" if multi else "tpe")
     pruner = args.pruner or ("none" if multi else "hyperband")
     if multi and pruner != "none":
-        raise UsageError(f"--pruner {pruner} cannot prune a two-objective search (Optuna prunes single objectives only); use --pruner none")
+        raise UsageError(
+            f"--pruner {pruner} cannot prune a two-objective search (Optuna prunes single objectives only); use --pruner none"
+        )
     if multi and sampler == "cmaes":
         raise UsageError("--sampler cmaes handles one objective; use nsga2, tpe or random with ',params'")
     return sampler, pruner
@@ -280,7 +288,7 @@ class _LiveLine:
         self.out = out if out is not None else sys.stdout
         self.interactive = self.out.isatty() if interactive is None else interactive
         self.drawn = 0  # lines of the block on screen (terminal)
-        self.last_key = None
+        self.last_key: tuple | None = None  # what the last printed block showed
         self.last_print = 0.0
         self.estimated = False
 
@@ -359,8 +367,8 @@ class _LiveLine:
 
 
 def _print_top(study, settings) -> None:
-    from ferhpo.engines.trial import objective_value
     from ferhpo.engines.runner import pareto_records, top_records
+    from ferhpo.engines.trial import objective_value
 
     if settings.multi_objective:
         rows = sorted(pareto_records(study), key=lambda r: r.params)

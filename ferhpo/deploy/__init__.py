@@ -20,7 +20,7 @@ class DeployError(FerhpoError):
     """A run cannot be rebuilt or exported, or an export cannot be loaded (exit code 2)."""
 
 
-def as_batch(images, shape: tuple[int, int, int] = (48, 48, 1)) -> np.ndarray:
+def as_batch(images, shape: tuple[int, ...] = (48, 48, 1)) -> np.ndarray:
     """`images` as a uint8 NHWC batch of `shape`; a (N, H, W) batch gets its channel axis.
 
     Models take 0-255 grayscale as uint8 (the scaling is inside them): a float array

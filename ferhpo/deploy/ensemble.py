@@ -91,7 +91,7 @@ def record(study, result: dict, root: Path = store.STUDIES_DIR) -> dict:
         np.savez(f, files=result["files"], labels=result["labels"], predictions=result["predictions"].astype(np.int8))
     summary = {k: v for k, v in result.items() if k not in ("files", "labels", "predictions")}
     summary["artifacts"] = {"test_predictions": f"{name}/test_predictions.npz", "summary": f"{name}/ensemble.json"}
-    summary["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    summary["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     write_json(folder / "ensemble.json", summary)
     known = dict(study.user_attrs.get(ENSEMBLES_ATTR) or {})
     known[name] = summary

@@ -22,8 +22,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -311,7 +312,8 @@ def model_card(
         "precision": "float32",
         "tta_hflip": bool(tta_hflip),
         "ensemble_size": len(records),
-        "combine": "mean of the members' probabilities" + (" (each the mean of the image's and its mirror's)" if tta_hflip else ""),
+        "combine": "mean of the members' probabilities"
+        + (" (each the mean of the image's and its mirror's)" if tta_hflip else ""),
         "params": params,
         "members": [_member(r) for r in records],
         "study": study_name if study_name is not None else records[0].study,
@@ -324,7 +326,7 @@ def model_card(
         "verified": verified,
         "versions": versions,
         "environment": environment,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -453,20 +455,29 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _predictor(fmt: str, folder: Path, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+class Predictor(Protocol):
+    """A loaded export's predict function, with the (input, output) names its runtime shows."""
+
+    names: tuple[str, str]
+
+    def __call__(self, images: Any) -> np.ndarray: ...
+
+
+def _predictor(fmt: str, folder: Path, shape: tuple[int, ...]) -> Predictor:
     target = folder / FORMATS[fmt]
     if not target.exists():
         raise DeployError(f"{target} is missing; expected the {fmt} model the card of {folder} names")
     n_classes = len(CLASSES)
 
-    def batched(run_batch, names: tuple[str, str]):
+    def batched(run_batch, names: tuple[str, str]) -> Predictor:
         def predict(images) -> np.ndarray:
             x = as_batch(images, shape)
             parts = [np.asarray(run_batch(x[i : i + BATCH]), dtype="float32") for i in range(0, len(x), BATCH)]
             return np.concatenate(parts) if parts else np.zeros((0, n_classes), dtype="float32")
 
-        predict.names = names  # (input, output) as this runtime calls them
-        return predict
+        predictor = cast(Predictor, predict)  # the function itself, typed with the attribute it gets
+        predictor.names = names  # (input, output) as this runtime calls them
+        return predictor
 
     if fmt == "keras":
         try:
@@ -478,7 +489,8 @@ def _predictor(fmt: str, folder: Path, shape: tuple[int, ...]) -> Callable[[np.n
             model = keras.saving.load_model(target, compile=False, safe_mode=True)
         except Exception as exc:  # a damaged zip, an unknown layer, a file of another Keras: all one answer
             raise DeployError(f"cannot load {target} ({_first_line(exc)}); expected a Keras 3 model file") from None
-        return batched(lambda x: model.predict(x, batch_size=BATCH, verbose=0), (model.input_names[0] if hasattr(model, "input_names") else model.inputs[0].name, model.output_names[0]))
+        input_name = model.input_names[0] if hasattr(model, "input_names") else model.inputs[0].name
+        return batched(lambda x: model.predict(x, batch_size=BATCH, verbose=0), (input_name, model.output_names[0]))
     if fmt == "saved_model":
         try:
             import tensorflow as tf
@@ -497,7 +509,7 @@ def _predictor(fmt: str, folder: Path, shape: tuple[int, ...]) -> Callable[[np.n
             (result,) = serve(**{arg: tf.constant(x)}).values()
             return result.numpy()
 
-        run_saved.model = loaded  # keeps the loaded object (and its variables) alive
+        cast(Any, run_saved).model = loaded  # keeps the loaded object (and its variables) alive
         return batched(run_saved, (arg, next(iter(serve.structured_outputs))))
     try:
         import onnxruntime

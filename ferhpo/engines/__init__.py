@@ -58,7 +58,7 @@ class SearchSettings:
 
     def recipe(self, train, *, epochs: int):
         """A trial's recipe: the space's, with this search's epochs, seed and precision."""
-        changes = {"epochs": epochs, "seed": self.seed}
+        changes: dict[str, Any] = {"epochs": epochs, "seed": self.seed}
         if self.precision is not None:
             changes["precision"] = self.precision
         return dataclasses.replace(train, **changes)

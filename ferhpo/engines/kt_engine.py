@@ -15,20 +15,20 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import keras_tuner
 import optuna
 
 from ferhpo import store
-from ferhpo.store import counts
 from ferhpo.atomic import write_json
 from ferhpo.engines import SearchSettings, study_dir
 from ferhpo.engines.runner import Progress, SearchOutcome, fail_fast_reason, search_failed
 from ferhpo.engines.trial import SPEC, TrialFailed, objective_value, run_process, trial_env, trial_preexec, trial_spec
 from ferhpo.errors import ConfigError
 from ferhpo.spaces import Space, declare_keras_tuner, load_space
+from ferhpo.store import counts
 
 TUNERS = {"random": "RandomSearch", "gp": "BayesianOptimization", "hyperband": "Hyperband"}
 

@@ -31,12 +31,20 @@ from ferhpo.atomic import write_json
 from ferhpo.engines import SearchSettings
 from ferhpo.engines.samplers import make_pruner, make_sampler
 from ferhpo.engines.trial import RECORD, SPEC, TrialFailed, objective_value, run_process, trial_env, trial_preexec, trial_spec
-from ferhpo.errors import ConfigError, FerhpoError, StoreError, Terminated, chain, dump_stacks_on_sigusr1, raise_terminated_on_sigterm
+from ferhpo.errors import (
+    ConfigError,
+    FerhpoError,
+    StoreError,
+    Terminated,
+    chain,
+    dump_stacks_on_sigusr1,
+    raise_terminated_on_sigterm,
+)
 from ferhpo.outage import RetryingRDBStorage, StorageUnavailable, call
 from ferhpo.progress import PROGRESS_ATTR
 from ferhpo.redact import real_url, redact
-from ferhpo.store import counts
 from ferhpo.spaces import load_space, suggest_optuna
+from ferhpo.store import counts
 
 POLL_SECONDS = 2.0
 #: The worker's resident memory (kB) when a trial ended: it must stay flat over a long
@@ -136,8 +144,12 @@ class Worker:
             kept = ""
             if self.finished is not None:
                 number, folder = self.finished
-                kept = f"; trial {number} finished and its record is kept in {folder / RECORD}: it enters the study on the next run"
-            raise StorageUnavailable(f"{gone}{kept}; the study keeps its finished trials, rerun the same command once the storage is back") from None
+                kept = (
+                    f"; trial {number} finished and its record is kept in {folder / RECORD}: it enters the study on the next run"
+                )
+            raise StorageUnavailable(
+                f"{gone}{kept}; the study keeps its finished trials, rerun the same command once the storage is back"
+            ) from None
         return 0
 
     def _should_start(self) -> bool:
@@ -213,6 +225,7 @@ class Worker:
             self.lost, self.finished = (mine, folder), None  # no heartbeat reached the storage for too long
             raise TrialLostError(f"trial {mine} was failed as stale while it ran")
         record = outcome.record
+        assert record is not None  # no error: the trial process left its record
         _report_missing(trial, frozen, record)
         trial.set_user_attr(store.RECORD_ATTR, record)
         trial.set_user_attr("run", record["run"])

@@ -13,9 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
-
 
 from ferhpo import faults, store
 from ferhpo.atomic import check_writable, write_json
@@ -101,7 +100,9 @@ def prepare_study(settings: SearchSettings):
     try:
         check_writable(folder)  # every trial writes there: a search that cannot, stops before it starts
     except OSError as exc:
-        raise StoreError(f"cannot write the study's folder {folder} ({exc.strerror or exc}); expected a writable folder") from None
+        raise StoreError(
+            f"cannot write the study's folder {folder} ({exc.strerror or exc}); expected a writable folder"
+        ) from None
     if saved is None:
         study.set_user_attr(SETTINGS_ATTR, settings.binding())
         study.set_user_attr("ferhpo.search_command", {"sampler": settings.sampler, "pruner": settings.pruner})

@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ferhpo import faults
-from ferhpo.atomic import write_json
+from ferhpo.atomic import WRITING, write_json
 from ferhpo.config import TrainConfig, model_config_to_dict
 from ferhpo.engines import SearchSettings
-from ferhpo.atomic import WRITING
 from ferhpo.errors import FerhpoError, Terminated, as_terminated, chain, dump_stacks_on_sigusr1
 from ferhpo.phases import SPAWNED_AT, PhaseClock
 from ferhpo.redact import real_url, redact
@@ -216,10 +215,9 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
     import keras
     import numpy as np
 
+    from ferhpo.outage import StorageUnavailable
     from ferhpo.progress import PROGRESS_ATTR, UPDATE_SECONDS, RunProgress
     from ferhpo.training import classification_metrics, predict
-
-    from ferhpo.outage import StorageUnavailable
 
     objective = spec["objective"]
     epochs = spec["train"]["epochs"]
@@ -338,7 +336,6 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
 
         from ferhpo import store
         from ferhpo.engines.samplers import make_pruner
-
         from ferhpo.outage import StorageUnavailable
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)

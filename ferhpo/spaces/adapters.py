@@ -53,6 +53,7 @@ def suggest_optuna(space: Space, trial: Any) -> dict[str, Any]:
             return trial.suggest_int(p.name, p.low, p.high, step=p.step or 1, log=p.log)
         if p.type == "float":
             return trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+        assert p.candidates is not None  # categorical and bool parameters have candidates
         return trial.suggest_categorical(p.name, list(p.candidates))
 
     return sample(space, source)
@@ -87,6 +88,7 @@ def declare_keras_tuner(space: Space, hp: Any) -> dict[str, Any]:
             )
         if p.type == "bool":
             return hp.Boolean(p.name, default=p.default, **cond)
+        assert p.choices is not None  # the reader gives every categorical parameter its choices
         return hp.Choice(p.name, list(p.choices), default=p.default, **cond)
 
     return sample(space, source, declare_inactive=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +44,10 @@ def _toml(value: Any) -> str:
     """A value as it is written in the TOML file (true, not True; "s", not 's')."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
+    if isinstance(value, str):  # a basic string, escaped as TOML escapes it: one line, always
+        text = value.replace("\\", "\\\\").replace('"', '\\"')
+        escaped = (c if c.isprintable() else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in text)
+        return '"' + "".join(escaped) + '"'
     return repr(value)
 
 
@@ -79,7 +81,7 @@ class Param:
         return parent in values and _member(values[parent], allowed)
 
     @property
-    def candidates(self) -> tuple:
+    def candidates(self) -> tuple | None:
         """The values a categorical or bool parameter can take (None otherwise)."""
         if self.type == "bool":
             return (False, True)
@@ -91,6 +93,7 @@ class Param:
         if self.type in ("int", "float"):
             data.update(low=self.low, high=self.high, step=self.step, log=self.log)
         elif self.type == "categorical":
+            assert self.choices is not None  # the reader gives every categorical parameter its choices
             data["choices"] = list(self.choices)
         data["default"] = self.default
         if self.when is not None:
@@ -100,9 +103,11 @@ class Param:
     def float_grid(self) -> list[float]:
         """The values of a float parameter with a step: low, low + step, ..., high
         (rounded to 12 significant digits, so 0.1 * 3 is 0.3)."""
-        n = round((self.high - self.low) / self.step) + 1
-        values = [float(f"{self.low + k * self.step:.12g}") for k in range(n)]
-        values[-1] = self.high
+        low, high, step = self.low, self.high, self.step
+        assert low is not None and high is not None and step is not None  # a float parameter with a step
+        n = round((high - low) / step) + 1
+        values = [float(f"{low + k * step:.12g}") for k in range(n)]
+        values[-1] = high
         return values
 
     def coerce(self, value: Any) -> Any:
@@ -117,6 +122,7 @@ class Param:
             return min(self.float_grid(), key=lambda v: abs(v - float(value)))
         if self.type == "bool":
             return bool(value)
+        assert self.choices is not None  # the reader gives every categorical parameter its choices
         for choice in self.choices:
             if _same(value, choice) or (not isinstance(choice, bool) and choice == value):
                 return choice
@@ -225,14 +231,23 @@ def _field_names(cls: type) -> tuple[str, ...]:
 
 
 def _int_grid(p: Param) -> range:
-    return range(p.low, p.high + 1, p.step or 1)  # a range: never materialised whole
+    low, high, step = p.low, p.high, p.step or 1
+    assert isinstance(low, int) and isinstance(high, int) and isinstance(step, int)  # an int parameter's bounds
+    return range(low, high + 1, step)  # a range: never materialised whole
+
+
+def _size(grid: range) -> int:
+    """``len(grid)``, also past ``sys.maxsize`` (where len raises OverflowError): an
+    int range between TOML's 64-bit bounds may hold up to 2**64 values."""
+    return max(0, (grid.stop - grid.start + grid.step - 1) // grid.step)
 
 
 def _spread(n: int, k: int) -> list[int]:
     """``k`` indices spread evenly over ``range(n)``, both ends included."""
     if n <= k:
         return list(range(n))
-    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+    # min: past 2**53 the float quotient may round up beyond the last index
+    return sorted({min(n - 1, round(i * (n - 1) / (k - 1))) for i in range(k)})
 
 
 def _with_default(points: list, default: Any, max_values: int, log: bool = False) -> list:
@@ -260,42 +275,48 @@ def _round_in(value: float, low: float, high: float) -> float:
 
 def _grid_values(p: Param, max_values: int) -> list:
     if p.type in ("categorical", "bool"):
+        assert p.candidates is not None  # categorical and bool parameters have candidates
         return list(p.candidates)
+    grid: Sequence[float]
+    points: list[float]
     if p.type == "int" and not p.log:
         grid = _int_grid(p)
-        points = [grid[i] for i in _spread(len(grid), max_values)]
+        points = [grid[i] for i in _spread(_size(grid), max_values)]
         return _with_default(points, p.default, max_values)
+    low, high = p.low, p.high
+    assert low is not None and high is not None  # numeric parameters have bounds
     if p.type == "int":  # log: geometric points, rounded to distinct integers
         ratios = [i / (max_values - 1) for i in range(max_values)]
-        points = sorted({round(p.low * (p.high / p.low) ** r) for r in ratios} | {p.low, p.high})
+        points = sorted({round(low * (high / low) ** r) for r in ratios} | {low, high})
         return _with_default(points, p.default, max_values, log=True)
-    if p.low == p.high:
-        return [p.low]
+    if low == high:
+        return [low]
     if p.step is not None:
         grid = p.float_grid()
         points = [grid[i] for i in _spread(len(grid), max_values)]
     elif p.log:
         points = [
-            _round_in(p.low * (p.high / p.low) ** (i / (max_values - 1)), p.low, p.high)
+            _round_in(low * (high / low) ** (i / (max_values - 1)), low, high)
             for i in range(max_values)
         ]
     else:
         points = [
-            _round_in(p.low + (p.high - p.low) * i / (max_values - 1), p.low, p.high)
+            _round_in(low + (high - low) * i / (max_values - 1), low, high)
             for i in range(max_values)
         ]
-    points[0], points[-1] = p.low, p.high
+    points[0], points[-1] = low, high
     return _with_default(sorted(set(points)), p.default, max_values, log=p.log)
 
 
 def _check_values(p: Param) -> list:
     """Every value the builder check tries for ``p`` (all of them up to `_MAX_CHECKED`)."""
     if p.type in ("categorical", "bool"):
+        assert p.candidates is not None  # categorical and bool parameters have candidates
         return list(p.candidates)
     if p.type == "float":
         return sorted({p.low, p.high, p.default})
     grid = _int_grid(p)
-    if len(grid) <= _MAX_CHECKED:
+    if _size(grid) <= _MAX_CHECKED:
         return list(grid)
-    picked = {grid[i] for i in _spread(len(grid), _MAX_CHECKED - 3)}
+    picked = {grid[i] for i in _spread(_size(grid), _MAX_CHECKED - 3)}
     return sorted(picked | {p.low, p.high, p.default})

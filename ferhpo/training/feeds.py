@@ -87,7 +87,7 @@ class TrainFeed(keras.utils.PyDataset):
         self.first_epoch = first_epoch
         self.seed = seed
         self.steps_per_epoch = math.ceil(len(images) / batch_size)
-        self._order = (-1, None)  # (epoch, permutation), replaced as one tuple
+        self._order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, permutation), replaced as one tuple
 
     def __len__(self) -> int:
         return self.steps_per_epoch * (self.epochs - self.first_epoch)
@@ -97,6 +97,7 @@ class TrainFeed(keras.utils.PyDataset):
         if cached_epoch != epoch:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
             self._order = (epoch, order)
+        assert order is not None  # epoch -1 (no permutation yet) is never asked for
         return order
 
     def __getitem__(self, index: int):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def fit(
     data: FER2013,
     splits: Splits,
     *,
-    callbacks: list[keras.callbacks.Callback] = (),
+    callbacks: Sequence[keras.callbacks.Callback] = (),
     checkpoint: str | Path | None = None,
     evaluate_test: bool | Callable[[], bool] = True,
     verbose: int | str = 0,
@@ -84,14 +84,15 @@ def fit(
         # No validation split (the refit protocol): the last epoch's weights are kept.
         x_val, y_val = (x[splits.val], one_hot(data.labels[splits.val])) if len(splits.val) else (None, None)
     recorder = Recorder(Path(checkpoint) if checkpoint else None, phases)
-    initial_epoch, resumed_logs = 0, []
+    initial_epoch = 0
+    resumed_logs: list[dict] = []
     if resume.start_from is not None:
-        initial_epoch, resumed_logs = restore(model, recorder, resume.start_from)
+        initial_epoch, resumed_logs = restore(model, recorder, Path(resume.start_from))  # a Path already (Resume)
         if resume.on_resume is not None:
             resume.on_resume(initial_epoch, resumed_logs)
     resumable = []
     if resume.every and resume.folder is not None:
-        resumable = [ResumeCheckpoint(resume.folder, resume.every, train.epochs, recorder, resumed_logs)]
+        resumable = [ResumeCheckpoint(Path(resume.folder), resume.every, train.epochs, recorder, resumed_logs)]
     recorder.fit_called = time.perf_counter()
     all_callbacks = [DivergenceGuard(), *schedule_callbacks(train), recorder, *callbacks, *resumable]
     # Validation runs in inference mode: a larger batch than training's costs no accuracy
