@@ -190,9 +190,14 @@ def load_fer2013(
         data = _read_cache(cache_file)
         hit = data is not None
     if not hit:
-        data = _decode_folder(source, listing, skip_bad) if fmt == "folder" else _decode_csv(source, skip_bad)
+        if fmt == "folder":
+            assert listing is not None  # scanned above
+            data = _decode_folder(source, listing, skip_bad)
+        else:
+            data = _decode_csv(source, skip_bad)
         if cache_file is not None:
             _write_cache(cache_file, data)
+    assert data is not None  # read from the cache (a hit) or decoded just now
     info = replace(
         data.info,
         path=str(source),
@@ -268,6 +273,7 @@ def _decode_image(blob: bytes) -> tuple[np.ndarray, bool]:
     """Decode to 48x48 uint8 grayscale; convert (luma, nearest resize) like Keras' load_img."""
     from PIL import Image
 
+    im: Image.Image  # the opened file, then its converted copy
     with Image.open(io.BytesIO(blob)) as im:
         im.load()
         converted = im.mode != "L" or im.size != (SIZE, SIZE)
@@ -340,14 +346,15 @@ def _decode_csv(path: Path, skip_bad: bool) -> FER2013:
     try:
         text = blob.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not a text csv ({exc.reason} at byte {exc.start}); expected the Kaggle fer2013.csv")
-    reader = csv.reader(io.StringIO(text))
+        raise DataError(f"{path} is not a text csv ({exc.reason} at byte {exc.start}); expected the Kaggle fer2013.csv") from exc
+    reader = _csv_rows(path, text)
     header = [h.strip() for h in next(reader, [])]
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
+        got = ",".join(header)
         raise DataError(
             f"{path} is missing column(s) {', '.join(missing)}; expected a header with columns "
-            f"{','.join(CSV_COLUMNS)}, got {','.join(header) or 'an empty file'}"
+            f"{','.join(CSV_COLUMNS)}, got {(got if got.isprintable() else repr(got)) or 'an empty file'}"
         )
     col = {name: header.index(name) for name in CSV_COLUMNS}
     images, labels, origins, files, skipped = [], [], [], [], []
@@ -376,6 +383,16 @@ def _decode_csv(path: Path, skip_bad: bool) -> FER2013:
     return data
 
 
+def _csv_rows(path: Path, text: str):
+    """The rows of the csv `text`; the csv module's own complaints (a field over its
+    size limit) as a DataError naming the line."""
+    reader = csv.reader(io.StringIO(text, newline=""))  # newline="": csv reads \r, \n and \r\n line ends itself
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise DataError(f"{path} line {reader.line_num}: {exc}; expected the Kaggle fer2013.csv") from None
+
+
 def _parse_row(row: list[str], col: dict[str, int]) -> tuple[np.ndarray, int, int]:
     if len(row) <= max(col.values()):
         raise ValueError(f"expected {len(CSV_COLUMNS)} columns, got {len(row)}")
@@ -387,13 +404,17 @@ def _parse_row(row: list[str], col: dict[str, int]) -> tuple[np.ndarray, int, in
     values = pixels.split()
     if len(values) != SIZE * SIZE:
         raise ValueError(f"expected {SIZE * SIZE} pixel values ({SIZE}x{SIZE}), got {len(values)}")
+    digits = "".join(values)
+    if not (digits.isascii() and digits.isdigit()):  # 0-9 only: int() also takes "+5", "1_0", "²"-like digits
+        bad = next(v for v in values if not (v.isascii() and v.isdigit()))
+        raise ValueError(f"pixels must be integers 0..255, got {bad!r}")
     try:
         array = np.array(values, dtype=np.int32)
-    except ValueError:
-        bad = next(v for v in values if not v.isdigit())
-        raise ValueError(f"pixels must be integers 0..255, got {bad!r}") from None
-    if array.min() < 0 or array.max() > 255:
-        raise ValueError(f"pixels must be integers 0..255, got {int(array.max() if array.max() > 255 else array.min())}")
+    except (OverflowError, ValueError):  # past int32, or past int()'s 4300 digits
+        array = None
+    if array is None or array.max() > 255:
+        big = next(v.lstrip("0") for v in values if len(v.lstrip("0")) > 3 or int(v) > 255)
+        raise ValueError(f"pixels must be integers 0..255, got {big if len(big) <= 12 else big[:12] + '...'}")
     label = CLASSES.index(CSV_EMOTIONS[int(emotion)])
     return array.astype(np.uint8).reshape(SIZE, SIZE), label, ORIGINS.index(usage)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "read_toml",
     "load_presets",
     "get_preset",
+    "override_preset",
     "override",
     "override_name",
 ]
@@ -73,6 +74,12 @@ def read_toml(path: Path, *, not_found: str) -> dict[str, Any]:
         raise ConfigError(not_found) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected a TOML file") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply; expected a TOML file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; expected a TOML file") from None
 
 
 def _table(what: str, value: Any) -> dict[str, Any]:
@@ -136,21 +143,28 @@ def get_preset(name: str, *, path: str | Path | None = None, **overrides: Any) -
     """
     presets = load_presets(path)
     if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
-    preset = presets[name]
+        known = ", ".join(n if n.isprintable() else repr(n) for n in presets)  # a name may hold a line break
+        raise ConfigError(f"unknown preset {name!r}; known presets: {known}")
+    return override_preset(presets[name], overrides)
 
+
+def override_preset(preset: Preset, changes: Mapping[str, Any]) -> Preset:
+    """`preset` with ``changes`` applied as `get_preset` applies its overrides. It takes
+    them as a mapping, so that any name a user gives (``--set path=...``) is an
+    unknown override, never a clash with a Python parameter."""
     # Whole-object overrides (model=..., train=...) apply first, field overrides on top.
     preset_fields = {f.name for f in dataclasses.fields(Preset)} - {"name"}
-    preset = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if k in preset_fields})
+    preset = dataclasses.replace(preset, **{k: v for k, v in changes.items() if k in preset_fields})
     if not isinstance(preset.model, (DenseNetConfig, ResNetConfig)):
         return preset  # unreachable: Preset validation has rejected the bad model above
-    fields = {k: v for k, v in overrides.items() if k not in preset_fields}
-    model, train = override(preset.model, preset.train, fields, owner=f"preset {name!r}", also=preset_fields)
+    fields = {k: v for k, v in changes.items() if k not in preset_fields}
+    owner = f"preset {preset.name!r}"
+    model, train = override(preset.model, preset.train, fields, owner=owner, also=preset_fields)
     return dataclasses.replace(preset, model=model, train=train)
 
 
 def override(
-    model: ModelConfig, train: TrainConfig, changes: Mapping[str, Any], *, owner: str, also: set[str] = frozenset()
+    model: ModelConfig, train: TrainConfig, changes: Mapping[str, Any], *, owner: str, also: Collection[str] = frozenset()
 ) -> tuple[ModelConfig, TrainConfig]:
     """`model` and `train` with ``changes`` merged by `dataclasses.replace`, each field
     going to the config that has it; an unknown name is an error listing the known

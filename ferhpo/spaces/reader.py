@@ -38,6 +38,9 @@ _TYPE_KEYS = {
     "bool": set(),
 }
 _COMMON_KEYS = {"type", "field", "default", "when"}
+#: The most values a float parameter's step grid may hold: the grid is listed whole
+#: (snapping samples to it, KerasTuner's Choice), and a finer one is a continuous range.
+_MAX_FLOAT_GRID = 100_000
 
 
 def known_spaces() -> list[str]:
@@ -229,6 +232,12 @@ class _Reader:
                     name,
                 )
             span = (high - low) / step
+            if kind == "float" and not span < _MAX_FLOAT_GRID:  # also an infinite span
+                raise self.fail(
+                    f"a float step grid may hold at most {_MAX_FLOAT_GRID:,} values ((high - low) / step + 1; "
+                    f"drop step for a continuous range), but got low={low!r}, high={high!r}, step={step!r}",
+                    name,
+                )
             off_grid = abs(span - round(span)) > 1e-9 * max(1.0, span)
             if (kind == "int" and (high - low) % step) or (kind == "float" and off_grid):
                 raise self.fail(
@@ -296,7 +305,7 @@ class _Reader:
         if len(raw) > 1:
             raise self.fail(
                 f"when must name exactly one parent (conditions on several parameters are not supported), "
-                f"but got when={{{', '.join(raw)}}}",
+                f"but got when={{{', '.join(k if k.isprintable() else repr(k) for k in raw)}}}",
                 name,
             )
         ((parent_name, values),) = raw.items()
@@ -328,6 +337,7 @@ class _Reader:
             raise self.fail(
                 f"when needs at least one value of {parent_name!r}, but got when={{{parent_name} = []}}", name
             )
+        assert parent.candidates is not None  # a categorical or bool parent (checked above)
         bad = [v for v in values if not _member(v, parent.candidates)]
         if bad:
             raise self.fail(
