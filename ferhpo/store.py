@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from ferhpo.errors import StoreError
 from ferhpo.redact import redact
@@ -74,7 +74,7 @@ class RunRecord:
     error: str = ""
     # wall seconds per phase (ferhpo.phases), their sum and the start; empty in older records
     phases: dict[str, float] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     schema: int = SCHEMA
 
     @property
@@ -158,13 +158,15 @@ def open_storage(url: str | None = None, *, heartbeat: bool = False, retry: floa
     import sqlalchemy.exc
 
     url = storage_url(url)
-    engine_kwargs = None
+    engine_kwargs: dict[str, Any] | None = None
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the folder of storage {redact(url)} ({exc.strerror}); expected a writable path") from None
+            raise StoreError(
+                f"cannot create the folder of storage {redact(url)} ({exc.strerror}); expected a writable path"
+            ) from None
         if path.is_dir():
             raise StoreError(f"storage {redact(url)} names a folder; expected a SQLite file path")
         # Workers, trial processes and heartbeats share one file: wait for the lock
@@ -176,7 +178,7 @@ def open_storage(url: str | None = None, *, heartbeat: bool = False, retry: floa
         engine_kwargs = {"pool_pre_ping": True}
         if url.startswith("postgres"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}  # a server that hangs counts as away
-    beat = {}
+    beat: dict[str, Any] = {}
     if heartbeat:
         interval = heartbeat_seconds()
         beat = {"heartbeat_interval": interval, "grace_period": GRACE_FACTOR * interval}
@@ -204,7 +206,12 @@ def open_storage(url: str | None = None, *, heartbeat: bool = False, retry: floa
             raise StoreError(
                 f"cannot open storage {redact(url)}: no database driver for {scheme}:// is installed; expected {hint}"
             ) from None
-        raise StoreError(f"cannot open storage {redact(url)}: {redact(reason)}; expected a reachable, writable Optuna storage") from None
+        raise StoreError(
+            f"cannot open storage {redact(url)}: {redact(reason)}; expected a reachable, writable Optuna storage"
+        ) from None
+
+
+_Direction = Literal["minimize", "maximize"]
 
 
 def open_study(
@@ -227,8 +234,9 @@ def open_study(
             return optuna.create_study(
                 study_name=name,
                 storage=storage,
-                direction=None if directions else direction,
-                directions=directions,
+                # plain strings from the settings; Optuna checks them itself
+                direction=cast(_Direction | None, None if directions else direction),
+                directions=cast(list[_Direction] | None, directions),
                 sampler=sampler,
                 pruner=pruner,
                 load_if_exists=True,

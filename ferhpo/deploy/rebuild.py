@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from ferhpo import store, training
-from ferhpo.config import TrainConfig, model_config_from_dict
+from ferhpo.config import DenseNetConfig, TrainConfig, model_config_from_dict
 from ferhpo.data import CLASSES
 from ferhpo.deploy import DeployError, as_batch
 from ferhpo.errors import ConfigError, FerhpoError
@@ -135,8 +135,12 @@ def member_model(record: store.RunRecord, root: Path = store.STUDIES_DIR, *, pre
         trained = build_model(model_config)
         # Not compiled: the file's optimizer state is for resuming training, not for inference.
         wrapped = training.training_model(trained, train)
-        # Dropout is the identity at inference and holds no weights: the same model without it.
-        core = build_model(dataclasses.replace(model_config, dropout=0.0)) if getattr(model_config, "dropout", 0.0) else trained
+        # Dropout is the identity at inference and holds no weights: the same model without it
+        # (DenseNet is the family with dropout).
+        if isinstance(model_config, DenseNetConfig) and model_config.dropout:
+            core = build_model(dataclasses.replace(model_config, dropout=0.0))
+        else:
+            core = trained
     try:
         wrapped.load_weights(path)
     except (ValueError, OSError) as exc:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ferhpo import runs, store
 from ferhpo.atomic import write_json
-from ferhpo.config import Budget, TrainConfig, model_config_from_dict
+from ferhpo.config import Budget, ModelConfig, TrainConfig, model_config_from_dict
 from ferhpo.errors import ConfigError, StoreError
 
 CONFIRM_ATTR = store.CONFIRM_ATTR
@@ -36,7 +36,7 @@ class Planned:
     source: store.RunRecord  # the run whose configuration this repeats
     role: str  # "candidate" (a top trial) or "reference"
     seed: int
-    model: object
+    model: ModelConfig
     train: TrainConfig
     budget: Budget
     key: str
@@ -56,7 +56,9 @@ def top_trials(study, k: int, objective: str = "val_accuracy") -> list[store.Run
     if not done:
         raise StoreError(f"study {study.study_name!r} has no complete trial; expected a search with finished trials")
     if k > len(done):
-        raise ConfigError(f"--top {k} asks for {k} configurations, but study {study.study_name!r} has {len(done)} complete trial(s)")
+        raise ConfigError(
+            f"--top {k} asks for {k} configurations, but study {study.study_name!r} has {len(done)} complete trial(s)"
+        )
     return store.best_first(done, lambda r: objective_value(r.to_dict(), objective))[:k]
 
 
@@ -148,7 +150,12 @@ def copy_run(study, item: Planned, root: Path = store.STUDIES_DIR) -> store.RunR
         run=item.name,
         run_key=item.key,
         kind=item.kind,
-        search={**src.search, "confirm_of": f"{src.study}/{src.run}", "role": item.role, "copied_from": f"{src.study}/{src.run_id}"},
+        search={
+            **src.search,
+            "confirm_of": f"{src.study}/{src.run}",
+            "role": item.role,
+            "copied_from": f"{src.study}/{src.run_id}",
+        },
     )
     try:
         write_json(partial / "record.json", record.to_dict())

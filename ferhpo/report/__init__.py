@@ -16,9 +16,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ferhpo import store
 from ferhpo.atomic import swap_into_place
@@ -116,7 +117,7 @@ def build_report(
     references = analysis.references_from_presets(load_presets())
     content = analysis.build_content(data, references, top=top, seed=seed)
     specs = figure_specs(content)
-    generated = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    generated = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     with_figures = "md" in chosen or "html" in chosen
     if not with_figures:
         for spec in specs:

@@ -86,14 +86,14 @@ def references_from_presets(presets: dict) -> list[Reference]:
 
 def rank_runs(data: StudyData) -> list[tuple[int, Run | Failure]]:
     """The study's runs in report order with their rank (1 = best)."""
-    ordered: list[Run | Failure] = store.best_first(
+    ranked: list[Run] = store.best_first(
         data.ranked,
         lambda run: run.objective,
         maximize=not (data.directions and data.directions[0] == "minimize"),
         group=lambda run: _STATUS_ORDER.get(run.status, 3),
         tiebreak=lambda run: (run.number if run.number is not None else math.inf, run.name),
     )
-    ordered += sorted(data.failures, key=lambda f: f.number)
+    ordered: list[Run | Failure] = [*ranked, *sorted(data.failures, key=lambda f: f.number)]
     return list(enumerate(ordered, 1))
 
 
@@ -267,12 +267,16 @@ def _fill_comparison(row: dict[str, Any], comparison: stats.Comparison | None, r
     )
 
 
-def _reference_row(ref: Reference, refs: list[Reference], best_ref: Reference | None, best_baseline: Run | None) -> dict[str, Any]:
+def _reference_row(
+    ref: Reference, refs: list[Reference], best_ref: Reference | None, best_baseline: Run | None
+) -> dict[str, Any]:
     row = _empty_row()
     family_ref = family_reference(refs, ref.family)
     # A reported number is a full-budget run of the full dataset under its protocol.
-    like = (best_baseline is not None and best_baseline.record.protocol == ref.protocol
-            and best_baseline.record.budget.get("name") == "full" and not best_baseline.record.budget.get("train_limit"))
+    baseline = best_baseline if (
+        best_baseline is not None and best_baseline.record.protocol == ref.protocol
+        and best_baseline.record.budget.get("name") == "full" and not best_baseline.record.budget.get("train_limit")
+    ) else None
     sees = PROTOCOL_SEES.get(ref.protocol, ())
     notes = ["reported by the reference study"]
     if sees:
@@ -296,8 +300,8 @@ def _reference_row(ref: Reference, refs: list[Reference], best_ref: Reference | 
         diff_best_reference_pts=points_difference(ref.accuracy, best_ref.accuracy if best_ref else None),
         family_reference=family_ref.name if family_ref else None,
         diff_family_reference_pts=points_difference(ref.accuracy, family_ref.accuracy if family_ref else None),
-        baseline_run=best_baseline.name if like else None,
-        diff_baseline_pts=points_difference(ref.accuracy, best_baseline.record.test_accuracy) if like else None,
+        baseline_run=baseline.name if baseline is not None else None,
+        diff_baseline_pts=points_difference(ref.accuracy, baseline.record.test_accuracy) if baseline is not None else None,
         selection_used_test=bool(sees),
         note="; ".join(notes),
     )

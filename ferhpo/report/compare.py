@@ -71,7 +71,8 @@ def choose_best_baseline(data: StudyData, best: Run | None) -> tuple[Run | None,
                 f"the baseline runs of {data.baseline_study} were trained at other budgets or protocols "
                 f"({'; '.join(held)}) than the best run ({budget_text(best.record.budget)} / {best.record.protocol}), "
                 f"so there is no paired test against them; train one at the same budget and protocol "
-                f"(e.g. `ferhpo baseline --space SPACE --budget {best.record.budget.get('name')} --protocol {best.record.protocol}`)"
+                f"(e.g. `ferhpo baseline --space SPACE --budget {best.record.budget.get('name')} "
+                f"--protocol {best.record.protocol}`)"
             )
         candidates = matching
     return max(candidates, key=lambda r: (r.record.test_accuracy, r.record.created)), ""
@@ -149,10 +150,11 @@ def seed_groups(
         if len(members) < 2:
             continue
         members = sorted(members, key=lambda m: (m.record.train.get("seed", 0), m.record.created))
-        accs = [m.record.test_accuracy for m in members]
+        # every member has a test accuracy (the grouping above keeps only those)
+        accs = [a for a in (m.record.test_accuracy for m in members) if a is not None]
         vals = [m.record.best_val_accuracy for m in members]
         is_reference = bool(bar) and seed_key(members[0].record) == seed_key(bar[0].record)
-        group = {
+        group: dict[str, Any] = {
             "runs": [m.name for m in members],
             "seeds": [m.record.train.get("seed") for m in members],
             "n": len(members),

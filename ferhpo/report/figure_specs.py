@@ -50,8 +50,8 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
            for i, r in enumerate(runs) if r.objective is not None and r.status in ("complete", "pruned")]
     spec = FigureSpec(
         "optimization_history", "Optimization history",
-        f"{objective_label(objective).capitalize()} of each {label} in the order the study ran them (crosses: pruned {label}s at the "
-        f"best epoch they reached), with the best value found so far.",
+        f"{objective_label(objective).capitalize()} of each {label} in the order the study ran them "
+        f"(crosses: pruned {label}s at the best epoch they reached), with the best value found so far.",
     )
     if pts:
         baseline = None
@@ -59,7 +59,9 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
         if (bb is not None and best is not None and objective == "val_accuracy"
                 and bb.record.protocol == best.record.protocol and bb.record.budget == best.record.budget):
             baseline = (f"best baseline {bb.name} (validation)", bb.record.best_val_accuracy)
-        spec.draw = lambda path, pts=pts, baseline=baseline: figures.optimization_history(pts, path, objective=objective, baseline=baseline)
+        spec.draw = lambda path, pts=pts, baseline=baseline: figures.optimization_history(
+            pts, path, objective=objective, baseline=baseline
+        )
     else:
         spec.reason = f"no complete or pruned {label} has a validation value yet"
     specs.append(spec)
@@ -73,8 +75,8 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
             curves.append((r.name, values, r.status))
     spec = FigureSpec(
         "intermediate_values", "Validation curves",
-        f"{objective_label(objective).capitalize()} after each epoch of every {label}: complete {label}s solid, pruned ones dashed "
-        f"and ending in a cross at the epoch where the pruner stopped them.",
+        f"{objective_label(objective).capitalize()} after each epoch of every {label}: complete {label}s solid, "
+        f"pruned ones dashed and ending in a cross at the epoch where the pruner stopped them.",
     )
     if curves:
         spec.draw = lambda path, curves=curves: figures.intermediate_curves(curves, path, objective=objective)
@@ -145,7 +147,8 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
     measured_trials = [(r.name, r.record.params, r.record.test_accuracy) for r in runs
                        if r.status == "complete" and r.record.test_accuracy is not None and r.record.kind == "trial"]
     ranked_ids = {r.record.run_id for r in runs}
-    baseline_runs = [r for r in runs if r.record.kind == "baseline"] + [r for r in d.baselines if r.record.run_id not in ranked_ids]
+    baseline_runs = ([r for r in runs if r.record.kind == "baseline"]
+                     + [r for r in d.baselines if r.record.run_id not in ranked_ids])
     measured_base = [(f"{r.name} ({r.record.budget.get('name')})", r.record.params, r.record.test_accuracy)
                      for r in baseline_runs if r.status == "complete" and r.record.test_accuracy is not None]
     reported = [(ref.name, ref.params, ref.accuracy) for ref in c.references]
@@ -188,11 +191,14 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
         + (f" ({c.best.name})" if c.best else "")
         + ": rows are the true classes, columns the predicted ones; each cell gives the count and the share of its row.",
     )
-    test = (c.best.record.evaluation.get("test") or {}) if c.best is not None else {}
-    if test.get("confusion"):
+    best = c.best
+    test = (best.record.evaluation.get("test") or {}) if best is not None else {}
+    if best is not None and test.get("confusion"):
         classes = list((test.get("per_class_recall") or {}).keys()) or [str(i) for i in range(len(test["confusion"]))]
-        title = f"{c.best.name}: test accuracy {100 * test['accuracy']:.1f}% on {test.get('n', 0):,} images"
-        spec.draw = lambda path, conf=test["confusion"], classes=classes, title=title: figures.confusion_matrix(conf, classes, path, title=title)
+        title = f"{best.name}: test accuracy {100 * test['accuracy']:.1f}% on {test.get('n', 0):,} images"
+        spec.draw = lambda path, conf=test["confusion"], classes=classes, title=title: figures.confusion_matrix(
+            conf, classes, path, title=title
+        )
     else:
         spec.reason = "the best run has no test confusion matrix (no complete run yet)"
     specs.append(spec)

@@ -7,7 +7,9 @@ global figure state.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -129,7 +131,7 @@ def intermediate_curves(
     ax = fig.subplots()
     seen = set()
     longest = 1
-    for label, values, status in curves:
+    for _label, values, status in curves:
         epochs = list(range(1, len(values) + 1))
         if not epochs:
             continue
@@ -205,7 +207,7 @@ def parallel_coordinates(
     ax = fig.subplots()
     for x in range(n_axes):
         ax.axvline(x, color="black", linewidth=0.8)
-    for label, hyper, score in reversed(trials):  # best drawn last, on top
+    for _label, hyper, score in reversed(trials):  # best drawn last, on top
         xs, ys = [], []
         for x, (name, kind, values) in enumerate(axes):
             y = position(kind, values, hyper.get(name))
@@ -219,7 +221,7 @@ def parallel_coordinates(
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    for x, (name, kind, values) in enumerate(axes):
+    for x, (_name, kind, values) in enumerate(axes):
         if kind == "categorical":
             for i, v in enumerate(values):
                 y = 0.5 if len(values) == 1 else i / (len(values) - 1)
@@ -287,14 +289,14 @@ def accuracy_vs_params(
     path: str | Path,
     *,
     front: list[tuple[int, float]],
-    highlight: list[tuple[int, float]] = (),
+    highlight: Sequence[tuple[int, float]] = (),
 ) -> Path:
     """Test accuracy against parameter count (log scale) with the Pareto front.
 
     `groups` are (legend label, kind, [(name, params, accuracy)]) with kind "trial",
     "baseline" or "reported"; `highlight` rings the study's own Pareto-front trials.
     """
-    styles = {
+    styles: dict[str, dict[str, Any]] = {
         "trial": dict(color=_COMPLETE, marker="o"),
         "baseline": dict(color=_BASELINE, marker="s"),
         "reported": dict(facecolors="none", edgecolors=_REPORTED, marker="D"),
@@ -304,7 +306,8 @@ def accuracy_vs_params(
     for label, kind, items in groups:
         if not items:
             continue
-        ax.scatter([p for _, p, _ in items], [100 * a for _, _, a in items], label=label, s=45, zorder=3, **styles[kind])
+        ax.scatter([p for _, p, _ in items], [100 * a for _, _, a in items], label=label, s=45, zorder=3,
+                   **styles[kind])
         if kind != "trial" or len(items) <= 12:
             for name, p, a in items:
                 ax.annotate(name, (p, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)

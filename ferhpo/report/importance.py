@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from typing import Literal, cast
 
 from ferhpo.report.load import Run, StudyData
 
@@ -91,14 +92,16 @@ def importance(data: StudyData, runs: list[Run]) -> tuple[dict[str, float] | Non
                 built = trials(lambda n: from_space(n) or observed(n))
             except (ValueError, TypeError):  # a value outside the saved space: use what was drawn
                 built = trials(observed)
-            study = optuna.create_study(direction=direction)
+            # the study's own direction, as Optuna wrote it (lower-cased)
+            study = optuna.create_study(direction=cast(Literal["minimize", "maximize"], direction))
             study.add_trials(built)
             try:
                 result = optuna.importance.get_param_importances(
                     study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
                 )
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                return None, f"Optuna could not evaluate importance ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                return None, f"Optuna could not evaluate importance ({reason})"
     finally:
         optuna.logging.set_verbosity(level)
     result = {k: float(v) for k, v in result.items() if math.isfinite(v)}

@@ -136,7 +136,9 @@ def open_storage(url: str | None):
         raise
     except Exception as exc:  # e.g. an Optuna schema newer or older than this Optuna
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreError(f"cannot open storage {redact(resolved)}: {redact(reason)}; expected an Optuna storage this Optuna can read") from None
+        raise StoreError(
+            f"cannot open storage {redact(resolved)}: {redact(reason)}; expected an Optuna storage this Optuna can read"
+        ) from None
 
 
 def _objective(trial, record: store.RunRecord) -> float | None:
@@ -148,7 +150,11 @@ def _objective(trial, record: store.RunRecord) -> float | None:
     curve = [v for v in record.search.get("objective_curve") or [] if v is not None and math.isfinite(v)]
     if curve:
         return float(max(curve))
-    if record.status != "failed" and math.isfinite(record.best_val_accuracy) and ("val" in record.evaluation or not record.evaluation):
+    if (
+        record.status != "failed"
+        and math.isfinite(record.best_val_accuracy)
+        and ("val" in record.evaluation or not record.evaluation)
+    ):
         return float(record.best_val_accuracy)
     return None  # no validation (the refit protocol): nothing to rank it by
 
@@ -162,7 +168,7 @@ def _runs(study, root: Path) -> list[Run]:
         optuna.trial.TrialState.PRUNED: "pruned",
         optuna.trial.TrialState.FAIL: "failed",
     }
-    by_id: dict[str, Any] = {}
+    by_id: dict[Any, Any] = {}  # keyed by the stored run_id, whatever a record holds
     for trial in study.get_trials(deepcopy=False):
         raw = trial.user_attrs.get(store.RECORD_ATTR)
         if isinstance(raw, dict) and raw.get("status") == state.get(trial.state):
@@ -209,6 +215,7 @@ def load_study(
     """Everything the report needs about study `name`; StoreError when it cannot be read."""
     storage = open_storage(url)
     resolved = redact(store.storage_url(url))  # shown in the report, never the password
+    assert resolved is not None  # redact keeps a string a string
     study = store.open_study(name, url, create=False, storage=storage)
     runs = _runs(study, root)
     failures = _failures(study)

@@ -11,8 +11,9 @@ import base64
 import html
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -128,7 +129,8 @@ ENSEMBLES: list[tuple[str, Callable[[dict], str]]] = [
     ("PrivateTest", lambda e: _num(".4f")(e["test_private_accuracy"])),
     ("PublicTest", lambda e: _num(".4f")(e["test_public_accuracy"])),
     ("macro-F1", lambda e: _num(".4f")(e["macro_f1"])),
-    ("best single model (by val)", lambda e: f"{e['best_single']} ({_num('.4f')(e['best_single_accuracy'])})" if e["best_single"] else "–"),
+    ("best single model (by val)",
+     lambda e: f"{e['best_single']} ({_num('.4f')(e['best_single_accuracy'])})" if e["best_single"] else "–"),
     ("Δ best single, 95% CI, verdict (pts)", _vs("best_single")),
     ("Δ baseline, 95% CI, verdict (pts)", _vs("baseline")),
     ("note", lambda e: e["note"]),
@@ -159,7 +161,8 @@ SEEDS: list[tuple[str, Callable[[dict], str]]] = [
     ("min", lambda g: f"{g['min_test_accuracy']:.4f}"),
     ("max", lambda g: f"{g['max_test_accuracy']:.4f}"),
     ("Δ reference (pts)", lambda g: _pts(g["diff_points"])),
-    ("95% CI over seeds and images (pts)", lambda g: "–" if g["ci_low"] is None else f"[{g['ci_low']:+.2f}, {g['ci_high']:+.2f}]"),
+    ("95% CI over seeds and images (pts)",
+     lambda g: "–" if g["ci_low"] is None else f"[{g['ci_low']:+.2f}, {g['ci_high']:+.2f}]"),
     ("verdict", lambda g: "–" if g["role"] == "reference" else g["verdict"]),
     ("runs", lambda g: ", ".join(g["runs"])),
 ]
@@ -315,7 +318,8 @@ def page(c: ReportContent, *, generated: str, figures: list[FigureSpec], folder:
         *(["<h2>Ensembles</h2>", f"<p>{html.escape(ENSEMBLES_NOTE)}</p>", _html_table(ENSEMBLES, c.ensembles)]
           if c.ensembles else []),
         "<h2>Seeds</h2>",
-        f"<p>{html.escape(SEEDS_NOTE)}</p>" + _html_table(SEEDS, c.seed_groups) if c.seed_groups else "<p>No configuration was run with more than one seed.</p>",
+        (f"<p>{html.escape(SEEDS_NOTE)}</p>" + _html_table(SEEDS, c.seed_groups)
+         if c.seed_groups else "<p>No configuration was run with more than one seed.</p>"),
     ]
     if d.failures:
         parts.append("<h2>Failed trials</h2><ul>" + "".join(

@@ -236,11 +236,12 @@ def correct_matrix(runs: list[Predictions | None]) -> tuple[np.ndarray, np.ndarr
     and those files; None when a run has no predictions or labels disagree."""
     if not runs or any(r is None for r in runs):
         return None
-    common = runs[0].files
-    for r in runs[1:]:
+    present = [r for r in runs if r is not None]
+    common = present[0].files
+    for r in present[1:]:
         common = np.intersect1d(common, r.files, assume_unique=True)
     rows, labels = [], None
-    for r in runs:
+    for r in present:
         _, _, idx = np.intersect1d(common, r.files, assume_unique=True, return_indices=True)
         if labels is None:
             labels = r.labels[idx]

@@ -235,11 +235,13 @@ def budget_paragraph(c: ReportContent) -> list[str]:
 def footnotes(c: ReportContent) -> list[str]:
     """What the table's differences, verdicts and marks mean."""
     best_ref = best_reference(c.references)
+    # each family's best: never None, the family comes from one of the references
+    family_refs = {r.family: family_reference(c.references, r.family) for r in c.references}
     notes = [
         f"Differences are in percentage points of test accuracy: 100 x (row - reference). Best reference: "
         f"{best_ref.name} ({best_ref.accuracy:.4f})." if best_ref else "No reported references.",
         "Family reference: the best reported configuration of the row's family ("
-        + ", ".join(f"{f}: {r.name} {r.accuracy:.4f}" for f, r in sorted({r.family: family_reference(c.references, r.family) for r in c.references}.items()))
+        + ", ".join(f"{f}: {r.name} {r.accuracy:.4f}" for f, r in sorted(family_refs.items()) if r is not None)
         + ").",
     ]
     if c.best_baseline is not None:
