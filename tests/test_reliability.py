@@ -37,8 +37,10 @@ def test_a_model_too_large_for_memory_fails_as_its_trial(small_data, workdir):
     # 1024 base filters: a 4096-wide 3x3 convolution alone wants 600 MB, then Adam's copies.
     space.write_text(TINY_SPACE.replace("base_filters = 16", "base_filters = 1024"))
     result = search(space, small_data, "--trials", "2", "--study", "oom", "--trial-memory", "3", cwd=workdir)
-    assert result.returncode == 0, result.stderr
     study = load(workdir, "oom")
     failures = store.failures(study)
     assert len(failures) == 2 and len(counted(study)) == 2  # the study went on after the first
     assert all(f["error"].startswith("out of memory") for f in failures), failures
+    # nothing completed: the command says so and exits 1, without a traceback
+    assert result.returncode == 1, result.stderr
+    assert "no trial completed and 2 failed" in result.stderr and "Traceback" not in result.stderr

@@ -464,7 +464,12 @@ def end_at_once_on_sigterm() -> None:
                     pass
             os._exit(Terminated.exit_code)
 
-    threading.Thread(target=wait, name="sigterm", daemon=True).start()
+    # A small stack: under a trial's address-space cap (--trial-memory) every mapping counts.
+    default = threading.stack_size(256 * 1024)
+    try:
+        threading.Thread(target=wait, name="sigterm", daemon=True).start()
+    finally:
+        threading.stack_size(default)
 
 
 def _failed(folder: Path, error: str, disk_full: bool = False) -> int:
