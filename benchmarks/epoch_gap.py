@@ -31,8 +31,11 @@ class EpochGap(keras.callbacks.Callback):
             self.first = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        print(f"epoch {epoch + 1}: gap before the first step {self.first - self.begun:6.2f} s, "
-              f"epoch {time.perf_counter() - self.begun:6.1f} s", flush=True)
+        print(
+            f"epoch {epoch + 1}: gap before the first step {self.first - self.begun:6.2f} s, "
+            f"epoch {time.perf_counter() - self.begun:6.1f} s",
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -508,7 +508,8 @@ def table(report: dict) -> list[str]:
     """The human-readable form of a `ferhpo bench` report."""
     m = report["machine"]
     lines = [
-        f"machine    {m['cpu']}, {m['cores']} cores" + (f" ({m['threads']} compute threads)" if m.get("threads") else "")
+        f"machine    {m['cpu']}, {m['cores']} cores"
+        + (f" ({m['threads']} compute threads)" if m.get("threads") else "")
         + (f", bf16: {'/'.join(m['cpu_bf16'])}" if m["cpu_bf16"] else "")
         + (f"; {m['accelerator']}" if m["accelerator"] else ""),
         f"software   Keras {m.get('keras')}, backend {m.get('backend')} {m.get(m.get('backend'), '')}".rstrip()

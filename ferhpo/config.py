@@ -154,9 +154,7 @@ class DenseNetConfig:
 
         compression = _float(owner, "compression", self.compression)
         if not 0.0 < compression <= 1.0:
-            raise ConfigError(
-                f"DenseNet compression must be in (0, 1], but got compression={self.compression!r}"
-            )
+            raise ConfigError(f"DenseNet compression must be in (0, 1], but got compression={self.compression!r}")
         _set(self, "compression", compression)
 
         dropout = _float(owner, "dropout", self.dropout)
@@ -280,8 +278,7 @@ class ResNetConfig:
         if self.depth < per_block + 2 or (self.depth - 2) % per_block:
             examples = ", ".join(str(per_block * n + 2) for n in (1, 2, 3))
             raise ConfigError(
-                f"ResNet v{self.version} depth must be {per_block}n+2 ({examples}, ...), "
-                f"but got depth={self.depth!r}"
+                f"ResNet v{self.version} depth must be {per_block}n+2 ({examples}, ...), but got depth={self.depth!r}"
             )
 
         l2 = _float(owner, "l2", self.l2)
@@ -391,9 +388,7 @@ class TrainConfig:
         for name, low, low_in, high, high_in in ranges:
             raw = getattr(self, name)
             value = _float(owner, name, raw)
-            if not ((value >= low) if low_in else (value > low)) or not (
-                (value <= high) if high_in else (value < high)
-            ):
+            if not ((value >= low) if low_in else (value > low)) or not ((value <= high) if high_in else (value < high)):
                 if high == math.inf:
                     rule = f"{'>=' if low_in else '>'} {low:g}"
                 else:
@@ -474,9 +469,7 @@ def cosine_lr(epoch: int, epochs: int, base_lr: float = 1e-3) -> float:
     """
     _int("cosine_lr", "epochs", epochs)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
-        raise ConfigError(
-            f"cosine_lr epoch must be an integer in [0, epochs={epochs}], but got epoch={epoch!r}"
-        )
+        raise ConfigError(f"cosine_lr epoch must be an integer in [0, epochs={epochs}], but got epoch={epoch!r}")
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
@@ -489,9 +482,7 @@ def cosine_step_lr(step: int, total_steps: int, base_lr: float = 1e-3) -> float:
     """
     _int("cosine_step_lr", "total_steps", total_steps)
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
-        raise ConfigError(
-            f"cosine_step_lr step must be an integer in [0, total_steps={total_steps}], but got step={step!r}"
-        )
+        raise ConfigError(f"cosine_step_lr step must be an integer in [0, total_steps={total_steps}], but got step={step!r}")
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
 
 
@@ -522,13 +513,9 @@ class Preset:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{owner} {name} must be a non-empty string, but got {name}={value!r}")
         if not isinstance(self.description, str):
-            raise ConfigError(
-                f"{owner} description must be a string, but got description={self.description!r}"
-            )
+            raise ConfigError(f"{owner} description must be a string, but got description={self.description!r}")
         if not isinstance(self.model, (DenseNetConfig, ResNetConfig)):
-            raise ConfigError(
-                f"{owner} model must be a DenseNetConfig or ResNetConfig, but got model={self.model!r}"
-            )
+            raise ConfigError(f"{owner} model must be a DenseNetConfig or ResNetConfig, but got model={self.model!r}")
         if not isinstance(self.train, TrainConfig):
             raise ConfigError(f"{owner} train must be a TrainConfig, but got train={self.train!r}")
         accuracy = _float(owner, "reported_test_accuracy", self.reported_test_accuracy)

@@ -113,9 +113,7 @@ class Splits:
     selection_sees: tuple[str, ...] = field(default=())
 
     def sizes(self) -> dict[str, int]:
-        return {
-            name: len(getattr(self, name)) for name in ("train", "val", "test", "test_public", "test_private")
-        }
+        return {name: len(getattr(self, name)) for name in ("train", "val", "test", "test_public", "test_private")}
 
 
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
@@ -226,8 +224,7 @@ def _scan_folder(root: Path) -> list[tuple[str, int, int]]:
             name = child.name.lower()
             if name not in CLASSES:
                 raise DataError(
-                    f"unknown class folder {split}/{child.name} in {root}; expected the 7 classes "
-                    f"{', '.join(CLASSES)}"
+                    f"unknown class folder {split}/{child.name} in {root}; expected the 7 classes {', '.join(CLASSES)}"
                 )
             if name in seen:
                 raise DataError(f"two folders for class '{name}' in {root / split}; expected one per class")
@@ -458,9 +455,7 @@ def _cache_name(fmt: str, source: Path, listing, skip_bad: bool) -> str:
     if listing is None:
         st = source.stat()
         listing = [(source.name, st.st_size, st.st_mtime_ns)]
-    key = hashlib.sha256(
-        json.dumps([_CACHE_FORMAT, fmt, resolved, bool(skip_bad), listing]).encode()
-    ).hexdigest()
+    key = hashlib.sha256(json.dumps([_CACHE_FORMAT, fmt, resolved, bool(skip_bad), listing]).encode()).hexdigest()
     return f"fer2013-{_source_id(source)}-{key[:20]}.npz"
 
 

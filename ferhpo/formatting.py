@@ -29,5 +29,5 @@ def format_seconds(seconds: float) -> str:
 
 
 def objective_label(name: str) -> str:
-    """"val_accuracy" -> "validation accuracy", "macro_f1" -> "validation macro-F1"."""
+    """ "val_accuracy" -> "validation accuracy", "macro_f1" -> "validation macro-F1"."""
     return "validation " + {"val_accuracy": "accuracy", "macro_f1": "macro-F1"}.get(name, name)

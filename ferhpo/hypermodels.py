@@ -145,9 +145,7 @@ class SpaceHyperModel(keras_tuner.HyperModel):
                 seed=train.seed,
             )
             kwargs.pop("shuffle", None)  # the feed shuffles, seeded
-            return model.fit(
-                feed, steps_per_epoch=feed.steps_per_epoch, validation_data=validation_data, **kwargs
-            )
+            return model.fit(feed, steps_per_epoch=feed.steps_per_epoch, validation_data=validation_data, **kwargs)
         if arrays:  # datasets batch themselves
             kwargs.setdefault("batch_size", train.batch_size)
         return model.fit(x, y, validation_data=validation_data, **kwargs)

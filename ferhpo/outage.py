@@ -206,4 +206,3 @@ _beat = RetryingRDBStorage.record_heartbeat
 # a deliberate patch of the method (mypy forbids assigning to one)
 RetryingRDBStorage.record_heartbeat = _record_heartbeat  # type: ignore[method-assign]
 _stale = _retried("_get_stale_trial_ids")
-

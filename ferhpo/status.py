@@ -176,9 +176,7 @@ def snapshot(study, *, wanted: int | None = None, now: float | None = None) -> S
     finished = [d for t in trials if store.counted(t) and t.state != optuna.trial.TrialState.FAIL for d in [_duration(t)] if d]
     per_trial = statistics.fmean(finished) if finished else None
     if per_trial is None:
-        projected = [
-            (r.elapsed or 0.0) + r.seconds_left for r in running if not r.stale and r.seconds_left is not None
-        ]
+        projected = [(r.elapsed or 0.0) + r.seconds_left for r in running if not r.stale and r.seconds_left is not None]
         per_trial = statistics.fmean(projected) if projected else None
     live = [r for r in running if not r.stale]
     left = None

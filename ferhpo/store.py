@@ -173,7 +173,9 @@ def open_storage(url: str | None = None, *, heartbeat: bool = False, retry: floa
         # rather than fail after SQLite's default 5 s.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     elif "://" not in url:
-        raise StoreError(f"storage {redact(url)!r} is not a URL; expected e.g. sqlite:///studies/ferhpo.db or postgresql://user@host/db")
+        raise StoreError(
+            f"storage {redact(url)!r} is not a URL; expected e.g. sqlite:///studies/ferhpo.db or postgresql://user@host/db"
+        )
     else:
         engine_kwargs = {"pool_pre_ping": True}
         if url.startswith("postgres"):

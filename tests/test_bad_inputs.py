@@ -248,19 +248,19 @@ CASES = [
     ),
     Case(
         "space: condition on an unknown parent",
-        lambda t: _search(t, space=_space("when = { schedule = [\"cosine\"] }", "when = { scheduler = [\"cosine\"] }")),
+        lambda t: _search(t, space=_space('when = { schedule = ["cosine"] }', 'when = { scheduler = ["cosine"] }')),
         r"space\.toml: parameter 'shift': when must name a parameter declared before this one, but got 'scheduler'; "
         r"declared before: optimizer, learning_rate, schedule",
     ),
     Case(
         "space: condition on a float parent",
-        lambda t: _search(t, space=_space("when = { schedule = [\"cosine\"] }", "when = { learning_rate = [1e-3] }")),
+        lambda t: _search(t, space=_space('when = { schedule = ["cosine"] }', "when = { learning_rate = [1e-3] }")),
         r"space\.toml: parameter 'shift': when's parent 'learning_rate' must be of type 'categorical' or 'bool', "
         r"but got type='float'",
     ),
     Case(
         "space: condition on a value that is not a choice",
-        lambda t: _search(t, space=_space("when = { schedule = [\"cosine\"] }", "when = { schedule = [\"linear\"] }")),
+        lambda t: _search(t, space=_space('when = { schedule = ["cosine"] }', 'when = { schedule = ["linear"] }')),
         r"space\.toml: parameter 'shift': when values must be among the choices of 'schedule' "
         r"\[\"reference-step\", \"cosine\"\], but got schedule=\"linear\"",
     ),

@@ -52,8 +52,15 @@ def inputs(workdir) -> Path:
 
 def _baseline(workdir: Path, *args: str):
     return run_cli(
-        "baseline", "--data", str(workdir / "fer"), "--cache-dir", str(workdir / "cache"),
-        "--presets", str(workdir / "presets.toml"), *args, cwd=workdir,
+        "baseline",
+        "--data",
+        str(workdir / "fer"),
+        "--cache-dir",
+        str(workdir / "cache"),
+        "--presets",
+        str(workdir / "presets.toml"),
+        *args,
+        cwd=workdir,
     )
 
 
@@ -146,8 +153,9 @@ def test_space_reference_and_overrides_are_named_for_what_they_are(workdir):
     _phases_add_up(record)
     assert record["phases"]["startup"] > 0 and record["phases"]["data"] > 0  # the command's first run
 
-    changed = _baseline(workdir, "--only", "tiny-resnet", "tiny-densenet", "--set", "batch_size=8",
-                        "--seed", "2", "--budget", "smoke", "--json")
+    changed = _baseline(
+        workdir, "--only", "tiny-resnet", "tiny-densenet", "--set", "batch_size=8", "--seed", "2", "--budget", "smoke", "--json"
+    )
     assert changed.returncode == 0, changed.stderr
     runs = json.loads(changed.stdout)
     assert [r["name"] for r in runs] == ["tiny-resnet+batch_size=8", "tiny-densenet+batch_size=8"]
@@ -156,8 +164,7 @@ def test_space_reference_and_overrides_are_named_for_what_they_are(workdir):
     _phases_add_up(second)
     assert second["phases"]["startup"] == 0  # later runs of a command share its start-up
 
-    same = _baseline(workdir, "--only", "tiny-resnet", "--seed", "2", "--precision", "float32", "--budget", "smoke",
-                     "--json")
+    same = _baseline(workdir, "--only", "tiny-resnet", "--seed", "2", "--precision", "float32", "--budget", "smoke", "--json")
     (seeded,) = json.loads(same.stdout)
     assert seeded["name"] == "tiny-resnet" and seeded["reported_test_accuracy"] == 0.5  # the same configuration
 
@@ -181,9 +188,25 @@ def test_text_output_has_one_summary_line_per_run(workdir):
 def test_ctrl_c_keeps_finished_runs_and_discards_the_partial_one(workdir):
     (workdir / "presets.toml").write_text(TINY_PRESETS.replace("EPOCHS", "500"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ferhpo", "baseline", "--data", str(workdir / "fer"), "--cache-dir",
-         str(workdir / "cache"), "--presets", str(workdir / "presets.toml"), "--budget", "full"],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
+        [
+            sys.executable,
+            "-m",
+            "ferhpo",
+            "baseline",
+            "--data",
+            str(workdir / "fer"),
+            "--cache-dir",
+            str(workdir / "cache"),
+            "--presets",
+            str(workdir / "presets.toml"),
+            "--budget",
+            "full",
+        ],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
     )
     stderr = []
     deadline = time.monotonic() + 240

@@ -26,7 +26,6 @@ TINY = {
 TRAIN = TrainConfig(optimizer="rmsprop", batch_size=8, seed=5)
 
 
-
 @pytest.fixture(autouse=True)
 def _fresh_keras():
     keras.utils.set_random_seed(0)

@@ -275,8 +275,10 @@ def _assert_one_line_error(result, pattern):
             ["search", "--space", "densenet", "--engine", "keras-tuner", "--pruner", "median"],
             "--pruner median needs --engine optuna",
         ),
-        (["search", "--space", "densenet", "--objective", "val_accuracy,params", "--pruner", "median"],
-         "cannot prune a two-objective search"),
+        (
+            ["search", "--space", "densenet", "--objective", "val_accuracy,params", "--pruner", "median"],
+            "cannot prune a two-objective search",
+        ),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args, pattern):

@@ -148,8 +148,9 @@ def start_sbatch(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, Path]:
         **env,
     }
     # a session of its own: `finish` ends the script and its stand-ins if it hangs
-    proc = subprocess.Popen(["bash", str(SBATCH)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(SBATCH)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     return proc, log
 
 

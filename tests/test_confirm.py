@@ -32,8 +32,21 @@ def finished(tmp_path_factory):
     common = ("--data", str(data), "--budget", "smoke")
     ref = run_cli("baseline", "--space", "tiny.toml", "--study", "ref", *common, cwd=work)
     assert ref.returncode == 0, ref.stderr
-    found = run_cli("search", "--space", "tiny.toml", "--sampler", "random", "--pruner", "none", "--trials", "3",
-                    "--study", "s", *common, cwd=work)
+    found = run_cli(
+        "search",
+        "--space",
+        "tiny.toml",
+        "--sampler",
+        "random",
+        "--pruner",
+        "none",
+        "--trials",
+        "3",
+        "--study",
+        "s",
+        *common,
+        cwd=work,
+    )
     assert found.returncode == 0, found.stderr
     return work, data
 
@@ -139,8 +152,24 @@ def test_ensemble_bad_input(finished):
 
 def test_refit_trains_on_every_training_image_for_the_best_epoch_count(finished):
     work, data = finished
-    result = run_cli("confirm", "--study", "s", "--baseline-study", "ref", "--top", "1", "--seeds", "1", "--refit",
-                     "--confirm-study", "r", "--data", str(data), "--json", cwd=work)
+    result = run_cli(
+        "confirm",
+        "--study",
+        "s",
+        "--baseline-study",
+        "ref",
+        "--top",
+        "1",
+        "--seeds",
+        "1",
+        "--refit",
+        "--confirm-study",
+        "r",
+        "--data",
+        str(data),
+        "--json",
+        cwd=work,
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert sorted(r["how"] for r in rows) == ["copied", "copied", "trained", "trained"]

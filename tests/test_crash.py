@@ -82,8 +82,26 @@ def test_a_search_survives_ten_kills(tmp_path):
 
     data = write_folder(tmp_path / "fer", tiny_items(per_class=10))
     (tmp_path / "tiny.toml").write_text(TINY_SPACE)
-    args = [sys.executable, "-m", "ferhpo", "search", "--space", "tiny.toml", "--data", str(data),
-            "--budget", "smoke", "--max-epochs", "2", "--trials", str(TRIALS), "--study", "crash", "--seed", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "ferhpo",
+        "search",
+        "--space",
+        "tiny.toml",
+        "--data",
+        str(data),
+        "--budget",
+        "smoke",
+        "--max-epochs",
+        "2",
+        "--trials",
+        str(TRIALS),
+        "--study",
+        "crash",
+        "--seed",
+        "1",
+    ]
     rng = np.random.default_rng(SEED)
     kills, finished = 0, {}
     for step, action in enumerate(_plan(rng)):
@@ -133,8 +151,14 @@ def test_a_search_survives_ten_kills(tmp_path):
     assert {k: final[k] for k in finished} == finished
     trials = study.get_trials()
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
-    died = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and not store.counted(t)
-            and not t.user_attrs.get(store.SURPLUS_ATTR) and not t.user_attrs.get(store.INTERRUPTED_ATTR)]
+    died = [
+        t
+        for t in trials
+        if t.state == optuna.trial.TrialState.FAIL
+        and not store.counted(t)
+        and not t.user_attrs.get(store.SURPLUS_ATTR)
+        and not t.user_attrs.get(store.INTERRUPTED_ATTR)
+    ]
     assert died, "no trial was killed while running"
     retries = [t for t in trials if "failed_trial" in t.system_attrs]
     assert len(retries) == len(died)  # each killed trial ran again, once

@@ -102,7 +102,11 @@ def test_fingerprint_is_the_sha256sum_listing(tiny_folder, tmp_path):
     """Same recipe as the FER2013 README's checksum command."""
     expected = subprocess.run(
         "find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum",
-        shell=True, cwd=tiny_folder, capture_output=True, text=True, check=True,
+        shell=True,
+        cwd=tiny_folder,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()[0]
     assert load_fer2013(tiny_folder, tmp_path / "cache").info.fingerprint == expected
 

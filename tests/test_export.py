@@ -47,14 +47,31 @@ def study(tmp_path_factory):
         ResNetConfig(version=1, depth=8, base_filters=16, head="gap"),
     )
     records = [
-        runs.train_and_record(optuna_study, name=f"trial-{n}", kind="trial", model=model, train=train, data=data,
-                              protocol="holdout", budget=BUDGETS["smoke"], root=root / "studies")
+        runs.train_and_record(
+            optuna_study,
+            name=f"trial-{n}",
+            kind="trial",
+            model=model,
+            train=train,
+            data=data,
+            protocol="holdout",
+            budget=BUDGETS["smoke"],
+            root=root / "studies",
+        )
         for n, model in enumerate(models)
     ]
     store.add_record(optuna_study, dataclasses.replace(records[0], run="trial-2", status="pruned"))
     test = np.flatnonzero(data.is_test)
-    return SimpleNamespace(root=root, studies=root / "studies", storage=storage, study=optuna_study, data=data,
-                           records=records, test_images=data.images[test][..., None], test_files=data.files[test])
+    return SimpleNamespace(
+        root=root,
+        studies=root / "studies",
+        storage=storage,
+        study=optuna_study,
+        data=data,
+        records=records,
+        test_images=data.images[test][..., None],
+        test_files=data.files[test],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +83,9 @@ def exports(study):
         if fmt == "onnx" and not _importable("tf2onnx", "onnx", "onnxruntime"):
             continue
         folders[fmt] = study.root / f"out-{fmt}"
-        export.export(ranked, fmt=fmt, out=folders[fmt], tta_hflip=True, study_name=STUDY,
-                      storage=study.storage, root=study.studies)
+        export.export(
+            ranked, fmt=fmt, out=folders[fmt], tta_hflip=True, study_name=STUDY, storage=study.storage, root=study.studies
+        )
     model = rebuild.inference_model(ranked, tta_hflip=True, root=study.studies)
     return SimpleNamespace(folders=folders, model=model, records=ranked)
 
@@ -130,8 +148,14 @@ def loaded(study, exports, tmp_path_factory):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     for fmt, folder in exports.folders.items():
         out = work / f"{fmt}.npz"
-        result = subprocess.run([sys.executable, "-c", LOADER, str(folder), fmt, str(images), str(out)],
-                                capture_output=True, text=True, cwd=work, env=env, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-c", LOADER, str(folder), fmt, str(images), str(out)],
+            capture_output=True,
+            text=True,
+            cwd=work,
+            env=env,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         results[fmt] = dict(np.load(out))
     return results
@@ -173,8 +197,7 @@ def test_a_rebuilt_member_predicts_what_its_run_predicted(study, member):
 
 def test_an_ensemble_is_the_mean_of_its_members(study, exports):
     x = study.test_images
-    singles = [rebuild.predict(rebuild.inference_model([r], tta_hflip=True, root=study.studies), x)
-               for r in exports.records]
+    singles = [rebuild.predict(rebuild.inference_model([r], tta_hflip=True, root=study.studies), x) for r in exports.records]
     np.testing.assert_allclose(rebuild.predict(exports.model, x), np.mean(singles, axis=0), atol=1e-6)
     # (N, 48, 48) without the channel axis is accepted too
     np.testing.assert_array_equal(rebuild.predict(exports.model, x[..., 0]), rebuild.predict(exports.model, x))
@@ -235,8 +258,15 @@ def test_the_model_card_says_what_goes_in_and_comes_out(study, exports):
 
 
 def test_the_storage_password_stays_off_the_card(study, exports, tmp_path):
-    card = export.export(exports.records[:1], fmt="keras", out=tmp_path / "m", study_name=STUDY,
-                         storage="postgresql://ferhpo:s3cret@db.example/ferhpo", root=study.studies, verify=False)
+    card = export.export(
+        exports.records[:1],
+        fmt="keras",
+        out=tmp_path / "m",
+        study_name=STUDY,
+        storage="postgresql://ferhpo:s3cret@db.example/ferhpo",
+        root=study.studies,
+        verify=False,
+    )
     assert card["storage"] == "postgresql://ferhpo:***@db.example/ferhpo"
     assert "s3cret" not in (tmp_path / "m" / "model_card.json").read_text()
 

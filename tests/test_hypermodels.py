@@ -87,9 +87,7 @@ def test_fit_takes_one_hot_labels_an_explicit_batch_size_and_mixup(tiny_space, m
     hp.values["mixup"] = 0.2
     x, y = _data(12, 2)
     steps = _Steps([])
-    history = hypermodel.fit(
-        hp, model, x[..., None], np.eye(7)[y], epochs=1, batch_size=4, verbose=0, callbacks=[steps]
-    )
+    history = hypermodel.fit(hp, model, x[..., None], np.eye(7)[y], epochs=1, batch_size=4, verbose=0, callbacks=[steps])
     assert steps.steps == [3] and len(history.history["loss"]) == 1
     (feed,) = feeds  # mixup went through training's feed, with the caller's batch size
     assert feed.alpha == 0.2 and feed.batch_size == 4 and feed.labels.shape == (12, 7)

@@ -63,10 +63,30 @@ def test_terminal_redraws_the_block_in_place(progress):
 
 
 def test_a_day_without_an_accelerator_names_the_cpu_budget():
-    r = RunningTrial(number=0, epoch=0, epochs=200, batch=40, batches=898, value=None, elapsed=100.0,
-                     heartbeat_age=1.0, stale=False, seconds_left=None, seconds_per_epoch=24 * 60.0, accelerator=False)
-    s = StudyStatus("s", "search", "val_accuracy", {"done": 0, "complete": 0, "pruned": 0, "failed": 0,
-                                                    "running": 1, "waiting": 0}, 2, None, None, [r])
+    r = RunningTrial(
+        number=0,
+        epoch=0,
+        epochs=200,
+        batch=40,
+        batches=898,
+        value=None,
+        elapsed=100.0,
+        heartbeat_age=1.0,
+        stale=False,
+        seconds_left=None,
+        seconds_per_epoch=24 * 60.0,
+        accelerator=False,
+    )
+    s = StudyStatus(
+        "s",
+        "search",
+        "val_accuracy",
+        {"done": 0, "complete": 0, "pruned": 0, "failed": 0, "running": 1, "waiting": 0},
+        2,
+        None,
+        None,
+        [r],
+    )
     out = io.StringIO()
     _LiveLine("val_accuracy", out=out, interactive=False).update(Progress(s.counts, 2, None, 100.0, s))
     text = out.getvalue()

@@ -240,10 +240,8 @@ def test_builders_reject_the_wrong_config_type():
 # (factory, keyword arguments, message regex): each message states the rule
 # and echoes the value received.
 INVALID = [
-    (ResNetConfig, dict(version=1, depth=103),
-     r"ResNet v1 depth must be 6n\+2 \(8, 14, 20, \.\.\.\), but got depth=103"),
-    (ResNetConfig, dict(version=2, depth=154),
-     r"ResNet v2 depth must be 9n\+2 \(11, 20, 29, \.\.\.\), but got depth=154"),
+    (ResNetConfig, dict(version=1, depth=103), r"ResNet v1 depth must be 6n\+2 \(8, 14, 20, \.\.\.\), but got depth=103"),
+    (ResNetConfig, dict(version=2, depth=154), r"ResNet v2 depth must be 9n\+2 \(11, 20, 29, \.\.\.\), but got depth=154"),
     (ResNetConfig, dict(version=3), r"version must be 1 or 2, but got version=3"),
     (ResNetConfig, dict(l2=-1e-4), r"l2 must be >= 0, but got l2=-0.0001"),
     (ResNetConfig, dict(input_shape=(12, 12, 1)), r"at least 13 .*input_shape=\(12, 12, 1\)"),
@@ -259,8 +257,7 @@ INVALID = [
     (DenseNetConfig, dict(input_shape=(48, 48)), r"input_shape must be \(height, width, channels\)"),
     (DenseNetConfig, dict(num_classes=1), r"num_classes must be an integer >= 2, but got num_classes=1"),
     (DenseNetConfig.from_depth, dict(depth=101), r"num_blocks \* 2L \+ 4 .*but got depth=101"),
-    (TrainConfig, dict(optimizer="adamw"),
-     r"optimizer must be one of 'rmsprop', 'adam', 'sgd', but got optimizer='adamw'"),
+    (TrainConfig, dict(optimizer="adamw"), r"optimizer must be one of 'rmsprop', 'adam', 'sgd', but got optimizer='adamw'"),
     (TrainConfig, dict(batch_size=0), r"batch_size must be a positive integer, but got batch_size=0"),
     (TrainConfig, dict(epochs=0), r"epochs must be a positive integer, but got epochs=0"),
     (TrainConfig, dict(learning_rate=0.0), r"learning_rate must be > 0, but got learning_rate=0.0"),

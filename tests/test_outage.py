@@ -51,8 +51,6 @@ def training(url: str, study: str) -> bool:
     return any(t.state == optuna.trial.TrialState.RUNNING and len(t.intermediate_values) >= 2 for t in trials)
 
 
-
-
 def check_study(url: str, study_name: str, trials: int, workdir: Path) -> None:
     """Exactly `trials` counted, none duplicated or lost, nothing left running."""
     study = optuna.load_study(study_name=study_name, storage=url)
@@ -186,9 +184,7 @@ def test_no_trial_is_taken_for_dead_right_after_an_outage(fresh_outage, tmp_path
     from ferhpo.engines.optuna_engine import fail_silent_trials
 
     monkeypatch.setattr(store, "silent_after", lambda: 1.0)
-    storage = fresh_outage.RetryingRDBStorage(
-        f"sqlite:///{tmp_path}/s.db", retry_window=5, heartbeat_interval=1, grace_period=1
-    )
+    storage = fresh_outage.RetryingRDBStorage(f"sqlite:///{tmp_path}/s.db", retry_window=5, heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage)
     trial = study.ask()
     storage.record_heartbeat(trial._trial_id)

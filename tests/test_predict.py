@@ -90,9 +90,7 @@ def test_any_mode_and_exif_rotation_read_as_upright_grayscale(astronaut_rgb, tmp
     assert np.array_equal(faces.load_image(tmp_path / "turned.png"), expected)
     for mode in ("RGBA", "P", "LA", "CMYK", "I;16"):
         im = (
-            upright.convert(mode)
-            if mode != "I;16"
-            else Image.fromarray(np.asarray(upright.convert("L")).astype(np.uint16) * 257)
+            upright.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(upright.convert("L")).astype(np.uint16) * 257)
         )
         path = tmp_path / f"mode-{mode.replace(';', '')}.{'tif' if mode == 'CMYK' else 'png'}"
         im.save(path)
@@ -198,8 +196,18 @@ def tiny_study(tmp_path_factory) -> Path:
     write_folder(work / "fer")
     (work / "presets.toml").write_text(TINY_PRESET)
     result = run_cli(
-        "baseline", "--data", str(work / "fer"), "--cache-dir", str(work / "cache"), "--presets",
-        str(work / "presets.toml"), "--only", "tiny-densenet", "--storage", _storage(work), cwd=work,
+        "baseline",
+        "--data",
+        str(work / "fer"),
+        "--cache-dir",
+        str(work / "cache"),
+        "--presets",
+        str(work / "presets.toml"),
+        "--only",
+        "tiny-densenet",
+        "--storage",
+        _storage(work),
+        cwd=work,
     )
     assert result.returncode == 0, result.stderr
     return work
@@ -243,8 +251,17 @@ def _predict(work: Path, capsys, monkeypatch, *argv: str) -> tuple[int, str, str
 
 def test_study_model_json_reports_each_face_and_each_bad_file(tiny_study, photos, tmp_path, capsys, monkeypatch):
     code, out, err = _predict(
-        tiny_study, capsys, monkeypatch,
-        "--study", "baseline", "--storage", _storage(tiny_study), str(photos), "--annotate", str(tmp_path / "out"), "--json",
+        tiny_study,
+        capsys,
+        monkeypatch,
+        "--study",
+        "baseline",
+        "--storage",
+        _storage(tiny_study),
+        str(photos),
+        "--annotate",
+        str(tmp_path / "out"),
+        "--json",
     )
     assert code == 0, err
     rows = {Path(r["file"]).relative_to(photos).as_posix(): r for r in json.loads(out)}
@@ -264,7 +281,8 @@ def test_study_model_json_reports_each_face_and_each_bad_file(tiny_study, photos
     with Image.open(tmp_path / "out" / "sub" / "crop.png") as im:
         assert im.size == (48, 48)
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
-        "astronaut.png", "sub/crop.png",
+        "astronaut.png",
+        "sub/crop.png",
     ]
 
 
@@ -299,8 +317,9 @@ def test_both_model_and_study_is_a_usage_error(tiny_study, exported, astronaut, 
 def test_no_face_anywhere_exits_2_with_the_rows_still_printed(tiny_study, exported, tmp_path, capsys, monkeypatch):
     Image.fromarray(np.full((120, 160), 128, np.uint8)).save(tmp_path / "wall.png")
     (tmp_path / "x.png").write_text("text")
-    code, out, err = _predict(tiny_study, capsys, monkeypatch, str(exported), str(tmp_path / "wall.png"),
-                              str(tmp_path / "x.png"), "--json")
+    code, out, err = _predict(
+        tiny_study, capsys, monkeypatch, str(exported), str(tmp_path / "wall.png"), str(tmp_path / "x.png"), "--json"
+    )
     assert code == 2
     rows = json.loads(out)
     assert [r["face"] for r in rows] == [None, None] and "no face found" in rows[0]["error"]
@@ -316,8 +335,18 @@ def test_fer2013_test_images_and_the_astronaut(real_data, tiny_study, astronaut,
         first = sorted((real_data / "test" / cls).iterdir())[0]
         shutil.copy(first, folder / f"{cls}-{first.name}")
     code, out, err = _predict(
-        tiny_study, capsys, monkeypatch, "--study", "baseline", "--storage", _storage(tiny_study),
-        str(folder), str(astronaut), "--annotate", str(tmp_path / "out"), "--json",
+        tiny_study,
+        capsys,
+        monkeypatch,
+        "--study",
+        "baseline",
+        "--storage",
+        _storage(tiny_study),
+        str(folder),
+        str(astronaut),
+        "--annotate",
+        str(tmp_path / "out"),
+        "--json",
     )
     assert code == 0, err
     rows = json.loads(out)

@@ -34,7 +34,6 @@ def load(workdir: Path, name: str):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir}/studies/ferhpo.db")
 
 
-
 def children(pid: int, marker: str) -> list[int]:
     """Processes whose parent is `pid` and whose command line contains `marker`."""
     found = []

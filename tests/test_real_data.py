@@ -68,8 +68,17 @@ def test_protocol_sizes_on_the_full_dataset(real_data, summaries):
 def test_baseline_smoke_on_real_data_writes_a_complete_record(real_data, summaries, tmp_path):
     cache = summaries[0]["cache"]["path"].rsplit("/", 1)[0]
     result = run_cli(
-        "baseline", "--budget", "smoke", "--only", "resnet-v1-104", "--data", str(real_data),
-        "--cache-dir", cache, "--json", cwd=tmp_path,
+        "baseline",
+        "--budget",
+        "smoke",
+        "--only",
+        "resnet-v1-104",
+        "--data",
+        str(real_data),
+        "--cache-dir",
+        cache,
+        "--json",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     (run,) = json.loads(result.stdout)
@@ -84,8 +93,6 @@ def test_baseline_smoke_on_real_data_writes_a_complete_record(real_data, summari
     assert len(ev["test"]["confusion"]) == 7 and set(ev["test"]["per_class_recall"]) == set(TRAIN)
     assert {"backend", "keras", "python"} <= set(record["environment"])
     folder = (tmp_path / run["record"]).parent
-    assert {p.name for p in folder.iterdir()} == {
-        "best.weights.h5", "learning_curve.png", "record.json", "test_predictions.npz"
-    }
+    assert {p.name for p in folder.iterdir()} == {"best.weights.h5", "learning_curve.png", "record.json", "test_predictions.npz"}
     preds = np.load(folder / "test_predictions.npz")
     assert len(preds["predictions"]) == 256 and str(preds["files"][0]).startswith("test/")

@@ -19,9 +19,30 @@ def test_one_worker_keeps_its_memory_flat_over_8_trials(small_data, workdir):
     space = workdir / "tiny.toml"  # the tiny space, as workdir holds it
     # About 10 s a trial on two cores (mostly a fresh process importing its backend): past run_cli's limit.
     result = subprocess.run(
-        [sys.executable, "-m", "ferhpo", "search", "--space", str(space), "--data", str(small_data), "--budget",
-         "smoke", "--trials", "8", "--study", "mem", "--sampler", "random", "--pruner", "none"],
-        cwd=workdir, capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "-m",
+            "ferhpo",
+            "search",
+            "--space",
+            str(space),
+            "--data",
+            str(small_data),
+            "--budget",
+            "smoke",
+            "--trials",
+            "8",
+            "--study",
+            "mem",
+            "--sampler",
+            "random",
+            "--pruner",
+            "none",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert result.returncode == 0, result.stderr
     trials = sorted(counted(load(workdir, "mem")), key=lambda t: t.datetime_complete)

@@ -29,28 +29,74 @@ from ferhpo.report.figures import pareto_front
 
 CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 N_TEST = 400
-REPORTED = {"densenet-c0.3": 0.6828, "densenet-c0.5": 0.6909, "densenet-c0.7": 0.6934,
-            "resnet-v1-104": 0.6652, "resnet-v2-155": 0.6627}
-FIGURES = ("optimization_history", "intermediate_values", "param_importance", "parallel_coordinates",
-           "learning_curves", "accuracy_vs_params", "time_phases", "confusion_matrix")
+REPORTED = {
+    "densenet-c0.3": 0.6828,
+    "densenet-c0.5": 0.6909,
+    "densenet-c0.7": 0.6934,
+    "resnet-v1-104": 0.6652,
+    "resnet-v2-155": 0.6627,
+}
+FIGURES = (
+    "optimization_history",
+    "intermediate_values",
+    "param_importance",
+    "parallel_coordinates",
+    "learning_curves",
+    "accuracy_vs_params",
+    "time_phases",
+    "confusion_matrix",
+)
 
 FILES = np.array([f"test/{CLASSES[i % 7]}/{'PrivateTest' if i % 2 else 'PublicTest'}_{i}.png" for i in range(N_TEST)])
 LABELS = np.random.default_rng(1).integers(0, 7, N_TEST)
 BASELINE_RIGHT = np.arange(N_TEST) < 240  # the best baseline: 60% right
 
 SPACE = {
-    "name": "tiny", "family": "densenet", "description": "", "path": "tiny.toml", "fixed": {},
+    "name": "tiny",
+    "family": "densenet",
+    "description": "",
+    "path": "tiny.toml",
+    "fixed": {},
     "params": [
-        {"name": "growth_rate", "type": "int", "field": "growth_rate", "low": 8, "high": 32, "step": 4, "log": False,
-         "default": 12},
-        {"name": "learning_rate", "type": "float", "field": "learning_rate", "low": 1e-4, "high": 1e-2, "step": None,
-         "log": True, "default": 1e-3},
-        {"name": "optimizer", "type": "categorical", "field": "optimizer", "choices": ["rmsprop", "adam", "sgd"],
-         "default": "rmsprop"},
+        {
+            "name": "growth_rate",
+            "type": "int",
+            "field": "growth_rate",
+            "low": 8,
+            "high": 32,
+            "step": 4,
+            "log": False,
+            "default": 12,
+        },
+        {
+            "name": "learning_rate",
+            "type": "float",
+            "field": "learning_rate",
+            "low": 1e-4,
+            "high": 1e-2,
+            "step": None,
+            "log": True,
+            "default": 1e-3,
+        },
+        {
+            "name": "optimizer",
+            "type": "categorical",
+            "field": "optimizer",
+            "choices": ["rmsprop", "adam", "sgd"],
+            "default": "rmsprop",
+        },
     ],
 }
-SETTINGS = {"engine": "optuna", "objectives": ["val_accuracy"], "budget": {"name": "quick", "epochs": 3},
-            "protocol": "holdout", "seed": 0, "space": SPACE, "data_fingerprint": "abc", "max_epochs": 3}
+SETTINGS = {
+    "engine": "optuna",
+    "objectives": ["val_accuracy"],
+    "budget": {"name": "quick", "epochs": 3},
+    "protocol": "holdout",
+    "seed": 0,
+    "space": SPACE,
+    "data_fingerprint": "abc",
+    "max_epochs": 3,
+}
 
 
 # --------------------------------------------------------------------------- builders
@@ -63,19 +109,48 @@ def _evaluation(right: np.ndarray, files=FILES, labels=LABELS) -> tuple[dict, np
     recall = {c: float(confusion[i, i] / max(confusion[i].sum(), 1)) for i, c in enumerate(CLASSES)}
 
     def metrics(mask):
-        return {"n": int(mask.sum()), "accuracy": float(right[mask].mean()), "macro_f1": float(right[mask].mean()) * 0.9,
-                "per_class_recall": recall, "confusion": confusion.tolist()}
+        return {
+            "n": int(mask.sum()),
+            "accuracy": float(right[mask].mean()),
+            "macro_f1": float(right[mask].mean()) * 0.9,
+            "per_class_recall": recall,
+            "confusion": confusion.tolist(),
+        }
 
     private = np.char.find(files.astype(str), "PrivateTest") >= 0
-    ev = {"val": metrics(np.ones_like(right, bool)), "test": metrics(np.ones_like(right, bool)),
-          "test_private": metrics(private), "test_public": metrics(~private)}
+    ev = {
+        "val": metrics(np.ones_like(right, bool)),
+        "test": metrics(np.ones_like(right, bool)),
+        "test_private": metrics(private),
+        "test_public": metrics(~private),
+    }
     return ev, predictions
 
 
-def make_record(root: Path, study: str, run: str, *, kind="trial", status="complete", family="densenet",
-                right: np.ndarray | None = None, val=0.5, hyper=None, seed=0, epochs=3, model=None,
-                protocol="holdout", sees=(), files=FILES, labels=LABELS, budget="quick", reported=None,
-                pruned_at=None, params=500_000, started_at=1_000.0) -> store.RunRecord:
+def make_record(
+    root: Path,
+    study: str,
+    run: str,
+    *,
+    kind="trial",
+    status="complete",
+    family="densenet",
+    right: np.ndarray | None = None,
+    val=0.5,
+    hyper=None,
+    seed=0,
+    epochs=3,
+    model=None,
+    protocol="holdout",
+    sees=(),
+    files=FILES,
+    labels=LABELS,
+    budget="quick",
+    reported=None,
+    pruned_at=None,
+    params=500_000,
+    started_at=1_000.0,
+) -> store.RunRecord:
     run_id = f"{run}-{budget}-{abs(hash((study, run, seed))) % 10**8:08d}"
     folder = root / study / run_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -87,52 +162,112 @@ def make_record(root: Path, study: str, run: str, *, kind="trial", status="compl
         artifacts["test_predictions"] = f"{run_id}/test_predictions.npz"
     curve = [val * (i + 1) / epochs for i in range(epochs)]
     hyper = dict(hyper or {})
-    train = {"optimizer": hyper.get("optimizer", "rmsprop"), "learning_rate": hyper.get("learning_rate", 1e-3),
-             "batch_size": 32, "epochs": 3 if kind == "trial" else epochs, "seed": seed}
-    model = model or {"family": family, "growth_rate": hyper.get("growth_rate", 12), "num_blocks": 4,
-                      "layers_per_block": 12, "compression": 0.5}
+    train = {
+        "optimizer": hyper.get("optimizer", "rmsprop"),
+        "learning_rate": hyper.get("learning_rate", 1e-3),
+        "batch_size": 32,
+        "epochs": 3 if kind == "trial" else epochs,
+        "seed": seed,
+    }
+    model = model or {
+        "family": family,
+        "growth_rate": hyper.get("growth_rate", 12),
+        "num_blocks": 4,
+        "layers_per_block": 12,
+        "compression": 0.5,
+    }
     search = {}
     if kind == "trial":
-        search = {"engine": "optuna", "sampler": "tpe", "pruner": "median", "objective": "val_accuracy",
-                  "objective_curve": curve, "pruned_at_epoch": pruned_at, "max_epochs": 3}
+        search = {
+            "engine": "optuna",
+            "sampler": "tpe",
+            "pruner": "median",
+            "objective": "val_accuracy",
+            "objective_curve": curve,
+            "pruned_at_epoch": pruned_at,
+            "max_epochs": 3,
+        }
     return store.RunRecord(
-        study=study, run=run, run_key=run_id, run_id=run_id, kind=kind, status=status, family=family, model=model,
-        train=train, budget={"name": budget, "epochs": epochs}, protocol=protocol, split_seed=seed,
-        selection_sees=list(sees), data_fingerprint="abc",
-        history={"loss": [2.0 - 0.1 * i for i in range(len(curve))], "accuracy": [c * 0.9 for c in curve],
-                 "val_loss": [2.1 - 0.1 * i for i in range(len(curve))], "val_accuracy": curve,
-                 "lr": [1e-3] * len(curve)},
-        epochs_run=len(curve), best_epoch=len(curve), best_val_accuracy=max(curve), evaluation=evaluation,
-        params=params, train_images=1000, wall_seconds=12.5 * len(curve), train_seconds=10.0 * len(curve),
-        images_per_second=250.0, environment={"python": "3"}, artifacts=artifacts, reported_test_accuracy=reported,
-        hyperparameters=hyper, search=search, phases=make_phases(len(curve), started_at),
+        study=study,
+        run=run,
+        run_key=run_id,
+        run_id=run_id,
+        kind=kind,
+        status=status,
+        family=family,
+        model=model,
+        train=train,
+        budget={"name": budget, "epochs": epochs},
+        protocol=protocol,
+        split_seed=seed,
+        selection_sees=list(sees),
+        data_fingerprint="abc",
+        history={
+            "loss": [2.0 - 0.1 * i for i in range(len(curve))],
+            "accuracy": [c * 0.9 for c in curve],
+            "val_loss": [2.1 - 0.1 * i for i in range(len(curve))],
+            "val_accuracy": curve,
+            "lr": [1e-3] * len(curve),
+        },
+        epochs_run=len(curve),
+        best_epoch=len(curve),
+        best_val_accuracy=max(curve),
+        evaluation=evaluation,
+        params=params,
+        train_images=1000,
+        wall_seconds=12.5 * len(curve),
+        train_seconds=10.0 * len(curve),
+        images_per_second=250.0,
+        environment={"python": "3"},
+        artifacts=artifacts,
+        reported_test_accuracy=reported,
+        hyperparameters=hyper,
+        search=search,
+        phases=make_phases(len(curve), started_at),
     )
 
 
 def make_phases(epochs: int, started_at: float) -> dict:
     """A run's phase times as `ferhpo.phases.PhaseClock.summary` gives them: 100 s of training
     per epoch and 20 s of everything else."""
-    phases = {"startup": 4.0, "data": 1.0, "build": 1.0, "compile": 5.0, "train": 100.0 * epochs,
-              "validation": 2.0, "test": 3.0, "write": 1.0, "other": 3.0}
+    phases = {
+        "startup": 4.0,
+        "data": 1.0,
+        "build": 1.0,
+        "compile": 5.0,
+        "train": 100.0 * epochs,
+        "validation": 2.0,
+        "test": 3.0,
+        "write": 1.0,
+        "other": 3.0,
+    }
     return {**phases, "wall": sum(phases.values()), "started_at": started_at}
 
 
 def add_pruned(study, record: store.RunRecord) -> None:
     curve = record.search["objective_curve"]
-    study.add_trial(optuna.trial.create_trial(
-        state=optuna.trial.TrialState.PRUNED,
-        intermediate_values={i + 1: v for i, v in enumerate(curve)},
-        user_attrs={store.RECORD_ATTR: record.to_dict(), "run": record.run, "kind": record.kind},
-    ))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED,
+            intermediate_values={i + 1: v for i, v in enumerate(curve)},
+            user_attrs={store.RECORD_ATTR: record.to_dict(), "run": record.run, "kind": record.kind},
+        )
+    )
 
 
 def add_failed(study, error: str, params: dict) -> None:
-    dists = {"growth_rate": optuna.distributions.IntDistribution(8, 32, step=4),
-             "learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
-    study.add_trial(optuna.trial.create_trial(
-        state=optuna.trial.TrialState.FAIL, params=params, distributions={k: dists[k] for k in params},
-        user_attrs={store.ERROR_ATTR: error},
-    ))
+    dists = {
+        "growth_rate": optuna.distributions.IntDistribution(8, 32, step=4),
+        "learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+    }
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.FAIL,
+            params=params,
+            distributions={k: dists[k] for k in params},
+            user_attrs={store.ERROR_ATTR: error},
+        )
+    )
 
 
 def right_with(extra_right: int = 0, extra_wrong: int = 0) -> np.ndarray:
@@ -146,41 +281,110 @@ def right_with(extra_right: int = 0, extra_wrong: int = 0) -> np.ndarray:
 def build_studies(root: Path, url: str) -> None:
     """A baseline study (two reproduced presets) and a search study with known outcomes."""
     base = store.open_study("baseline", url)
-    store.add_record(base, make_record(root, "baseline", "densenet-c0.7", kind="baseline", right=BASELINE_RIGHT,
-                                       val=0.62, protocol="seed-densenet", sees=("test", "test_public", "test_private"),
-                                       epochs=3, budget="quick", reported=0.6934, params=918_121,
-                                       model={"family": "densenet", "growth_rate": 12, "num_blocks": 4,
-                                              "layers_per_block": 12, "compression": 0.7}))
-    store.add_record(base, make_record(root, "baseline", "resnet-v1-104", kind="baseline", family="resnet",
-                                       right=right_with(extra_wrong=40), val=0.55, protocol="seed-resnet", epochs=3,
-                                       reported=0.6652, params=1_647_975,
-                                       model={"family": "resnet", "version": 1, "depth": 104}))
+    store.add_record(
+        base,
+        make_record(
+            root,
+            "baseline",
+            "densenet-c0.7",
+            kind="baseline",
+            right=BASELINE_RIGHT,
+            val=0.62,
+            protocol="seed-densenet",
+            sees=("test", "test_public", "test_private"),
+            epochs=3,
+            budget="quick",
+            reported=0.6934,
+            params=918_121,
+            model={"family": "densenet", "growth_rate": 12, "num_blocks": 4, "layers_per_block": 12, "compression": 0.7},
+        ),
+    )
+    store.add_record(
+        base,
+        make_record(
+            root,
+            "baseline",
+            "resnet-v1-104",
+            kind="baseline",
+            family="resnet",
+            right=right_with(extra_wrong=40),
+            val=0.55,
+            protocol="seed-resnet",
+            epochs=3,
+            reported=0.6652,
+            params=1_647_975,
+            model={"family": "resnet", "version": 1, "depth": 104},
+        ),
+    )
     # the reference recipe at the search's own budget and protocol: the one trials are tested against
-    store.add_record(base, make_record(root, "baseline", "tiny-reference", kind="baseline", right=BASELINE_RIGHT,
-                                       val=0.58, epochs=3, budget="quick", params=200_000,
-                                       model={"family": "densenet", "growth_rate": 10, "num_blocks": 3,
-                                              "layers_per_block": 4, "compression": 0.5}))
+    store.add_record(
+        base,
+        make_record(
+            root,
+            "baseline",
+            "tiny-reference",
+            kind="baseline",
+            right=BASELINE_RIGHT,
+            val=0.58,
+            epochs=3,
+            budget="quick",
+            params=200_000,
+            model={"family": "densenet", "growth_rate": 10, "num_blocks": 3, "layers_per_block": 4, "compression": 0.5},
+        ),
+    )
 
     search = store.open_study("search", url)
     search.set_user_attr("ferhpo.search", SETTINGS)
     win = {"growth_rate": 24, "learning_rate": 3e-3, "optimizer": "adam"}
     # two workers: trials 0 and 1 side by side (320 s each), then 2 (320 s) beside 3 (pruned, 120 s),
     # then 5 alone: a span of 960 s, 2 x 960 s of capacity
-    store.add_record(search, make_record(root, "search", "trial-0", right=right_with(extra_right=60), val=0.70, hyper=win,
-                                         started_at=0.0))
-    store.add_record(search, make_record(root, "search", "trial-1", right=right_with(5, 5), val=0.65,
-                                         hyper={"growth_rate": 12, "learning_rate": 1e-3, "optimizer": "rmsprop"},
-                                         started_at=0.0))
-    store.add_record(search, make_record(root, "search", "trial-2", right=right_with(extra_wrong=60), val=0.60,
-                                         hyper={"growth_rate": 8, "learning_rate": 1e-4, "optimizer": "sgd"},
-                                         started_at=320.0))
-    add_pruned(search, make_record(root, "search", "trial-3", status="pruned", val=0.3, epochs=1, pruned_at=1,
-                                   hyper={"growth_rate": 32, "learning_rate": 1e-2, "optimizer": "sgd"},
-                                   started_at=320.0))
+    store.add_record(
+        search, make_record(root, "search", "trial-0", right=right_with(extra_right=60), val=0.70, hyper=win, started_at=0.0)
+    )
+    store.add_record(
+        search,
+        make_record(
+            root,
+            "search",
+            "trial-1",
+            right=right_with(5, 5),
+            val=0.65,
+            hyper={"growth_rate": 12, "learning_rate": 1e-3, "optimizer": "rmsprop"},
+            started_at=0.0,
+        ),
+    )
+    store.add_record(
+        search,
+        make_record(
+            root,
+            "search",
+            "trial-2",
+            right=right_with(extra_wrong=60),
+            val=0.60,
+            hyper={"growth_rate": 8, "learning_rate": 1e-4, "optimizer": "sgd"},
+            started_at=320.0,
+        ),
+    )
+    add_pruned(
+        search,
+        make_record(
+            root,
+            "search",
+            "trial-3",
+            status="pruned",
+            val=0.3,
+            epochs=1,
+            pruned_at=1,
+            hyper={"growth_rate": 32, "learning_rate": 1e-2, "optimizer": "sgd"},
+            started_at=320.0,
+        ),
+    )
     add_failed(search, "the loss diverged to NaN at epoch 1", {"growth_rate": 16, "learning_rate": 0.009})
     # the winner again with another seed: a seed group of two
-    store.add_record(search, make_record(root, "search", "trial-5", right=right_with(extra_right=50), val=0.68,
-                                         hyper=win, seed=1, started_at=640.0))
+    store.add_record(
+        search,
+        make_record(root, "search", "trial-5", right=right_with(extra_right=50), val=0.68, hyper=win, seed=1, started_at=640.0),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -388,9 +592,22 @@ def test_csv_has_one_row_per_trial_and_reference(built):
     frame = pd.read_csv(built["out"] / "trials.csv")
     assert len(frame) == 6 + 5 + 3
     assert set(frame["kind"]) == {"trial", "baseline", "reported"}
-    assert {"rank", "test_private_accuracy", "test_public_accuracy", "macro_f1", "params", "train_seconds",
-            "images_per_second", "diff_best_reference_pts", "diff_family_reference_pts", "diff_baseline_pts",
-            "verdict", "ci_low_pts", "p_value", "seed_mean_test_accuracy"} <= set(frame.columns)
+    assert {
+        "rank",
+        "test_private_accuracy",
+        "test_public_accuracy",
+        "macro_f1",
+        "params",
+        "train_seconds",
+        "images_per_second",
+        "diff_best_reference_pts",
+        "diff_family_reference_pts",
+        "diff_baseline_pts",
+        "verdict",
+        "ci_low_pts",
+        "p_value",
+        "seed_mean_test_accuracy",
+    } <= set(frame.columns)
     assert json.loads(frame.loc[frame["run"] == "trial-0", "hyperparameters"].iloc[0])["optimizer"] == "adam"
 
 
@@ -411,7 +628,8 @@ def test_a_later_report_replaces_the_earlier_one(built, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [".ferhpo-report", "trials.json"]
     result = build_report("search", storage=built["url"], out=out, root=built["root"], formats="csv,md", top=1)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
-        ["trials.csv", "report.md"] + [f"{n}.png" for n in FIGURES])
+        ["trials.csv", "report.md"] + [f"{n}.png" for n in FIGURES]
+    )
     assert [v["run"] for v in result.verdicts] == ["trial-0"]
     assert [p.name for p in tmp_path.iterdir()] == ["r"]
     rows = pd.read_csv(out / "trials.csv")
@@ -437,14 +655,28 @@ def test_a_baseline_only_study(built, tmp_path):
 def test_without_a_baseline_study_there_is_no_verdict(tmp_path):
     root, url = tmp_path / "studies", f"sqlite:///{tmp_path}/s.db"
     study = store.open_study("alone", url)
-    store.add_record(study, make_record(root, "alone", "trial-0", right=right_with(extra_right=60), val=0.7,
-                                        hyper={"growth_rate": 24}))
-    store.add_record(study, make_record(root, "alone", "trial-1", right=right_with(), val=0.6,
-                                        hyper={"growth_rate": 16}, family="resnet", params=2_000_000))
+    store.add_record(
+        study, make_record(root, "alone", "trial-0", right=right_with(extra_right=60), val=0.7, hyper={"growth_rate": 24})
+    )
+    store.add_record(
+        study,
+        make_record(
+            root, "alone", "trial-1", right=right_with(), val=0.6, hyper={"growth_rate": 16}, family="resnet", params=2_000_000
+        ),
+    )
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING))
     # a KerasTuner failure: no Optuna parameters, its values in a user attribute
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={
-        store.ERROR_ATTR: "out of memory", "run": "kt-7", "kind": "trial", "ferhpo.hyperparameters": {"growth_rate": 32}}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.FAIL,
+            user_attrs={
+                store.ERROR_ATTR: "out of memory",
+                "run": "kt-7",
+                "kind": "trial",
+                "ferhpo.hyperparameters": {"growth_rate": 32},
+            },
+        )
+    )
     result = build_report("alone", storage=url, out=tmp_path / "out", root=root)
     assert result.snapshot and "still running" in result.summary[0]
     rows = json.loads((tmp_path / "out" / "trials.json").read_text())["rows"]
@@ -461,11 +693,22 @@ def test_a_multi_objective_study_marks_its_pareto_front(tmp_path):
     root, url = tmp_path / "studies", f"sqlite:///{tmp_path}/s.db"
     study = store.open_study("mo", url, directions=["maximize", "minimize"])
     for i, (acc, params) in enumerate([(0.7, 900_000), (0.6, 100_000), (0.55, 500_000)]):
-        record = make_record(root, "mo", f"trial-{i}", right=np.arange(N_TEST) < int(acc * N_TEST), val=acc,
-                             hyper={"growth_rate": 8 + 4 * i}, params=params)
-        study.add_trial(optuna.trial.create_trial(
-            state=optuna.trial.TrialState.COMPLETE, values=[acc, float(params)],
-            user_attrs={store.RECORD_ATTR: record.to_dict()}))
+        record = make_record(
+            root,
+            "mo",
+            f"trial-{i}",
+            right=np.arange(N_TEST) < int(acc * N_TEST),
+            val=acc,
+            hyper={"growth_rate": 8 + 4 * i},
+            params=params,
+        )
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.COMPLETE,
+                values=[acc, float(params)],
+                user_attrs={store.RECORD_ATTR: record.to_dict()},
+            )
+        )
     study.set_user_attr("ferhpo.pareto", ["trial-1", "trial-0"])
     build_report("mo", storage=url, out=tmp_path / "out", root=root)
     rows = json.loads((tmp_path / "out" / "trials.json").read_text())["rows"]
@@ -548,8 +791,17 @@ def test_html_renders_offline_in_headless_chromium(built, tmp_path):
     if browser is None:
         pytest.skip("no Chromium binary found (install it: apt-get install -y chromium)")
     page = (built["out"] / "report.html").resolve()
-    flags = [browser, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--no-first-run",
-             "--disable-extensions", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        browser,
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--hide-scrollbars",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     sources = re.findall(r"<img [^>]*src=\"([^\"]+)\"", dom.stdout)
@@ -557,8 +809,9 @@ def test_html_renders_offline_in_headless_chromium(built, tmp_path):
     assert all(src.startswith("data:image/png;base64,") for src in sources)
     assert "Report: study" in dom.stdout and "0.6934" in dom.stdout
     shot = tmp_path / "report-screenshot.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,2400", page.as_uri()],
-                   capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1400,2400", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     print(f"screenshot of the report: {shot}")
 
@@ -568,13 +821,31 @@ def test_trials_are_tested_only_against_a_baseline_of_their_budget_and_protocol(
     no paired test, and the report says why, instead of a verdict against the wrong bar."""
     root, url = tmp_path / "studies", f"sqlite:///{tmp_path}/s.db"
     base = store.open_study("baseline", url)
-    store.add_record(base, make_record(root, "baseline", "resnet-cpu-reference", kind="baseline", right=BASELINE_RIGHT,
-                                       budget="smoke", epochs=3))
-    store.add_record(base, make_record(root, "baseline", "resnet-cpu-reference", kind="baseline", right=BASELINE_RIGHT,
-                                       budget="cpu", epochs=3, protocol="seed-resnet", seed=1))
+    store.add_record(
+        base,
+        make_record(root, "baseline", "resnet-cpu-reference", kind="baseline", right=BASELINE_RIGHT, budget="smoke", epochs=3),
+    )
+    store.add_record(
+        base,
+        make_record(
+            root,
+            "baseline",
+            "resnet-cpu-reference",
+            kind="baseline",
+            right=BASELINE_RIGHT,
+            budget="cpu",
+            epochs=3,
+            protocol="seed-resnet",
+            seed=1,
+        ),
+    )
     study = store.open_study("cpu-search", url)
-    store.add_record(study, make_record(root, "cpu-search", "trial-0", right=right_with(extra_right=60), val=0.7,
-                                        budget="cpu", hyper={"growth_rate": 24}))
+    store.add_record(
+        study,
+        make_record(
+            root, "cpu-search", "trial-0", right=right_with(extra_right=60), val=0.7, budget="cpu", hyper={"growth_rate": 24}
+        ),
+    )
     result = build_report("cpu-search", storage=url, out=tmp_path / "out", root=root)
     rows = json.loads((tmp_path / "out" / "trials.json").read_text())["rows"]
     trial = row(rows, "trial-0")
@@ -585,8 +856,12 @@ def test_trials_are_tested_only_against_a_baseline_of_their_budget_and_protocol(
     assert "--budget cpu --protocol holdout" in summary
 
     # with a reference run at the same budget and protocol, that one is the bar
-    store.add_record(base, make_record(root, "baseline", "resnet-cpu-reference", kind="baseline", right=BASELINE_RIGHT,
-                                       budget="cpu", epochs=3, seed=2))
+    store.add_record(
+        base,
+        make_record(
+            root, "baseline", "resnet-cpu-reference", kind="baseline", right=BASELINE_RIGHT, budget="cpu", epochs=3, seed=2
+        ),
+    )
     result = build_report("cpu-search", storage=url, out=tmp_path / "out2", root=root)
     trial = row(json.loads((tmp_path / "out2" / "trials.json").read_text())["rows"], "trial-0")
     assert trial["verdict"] == "beats" and trial["diff_baseline_pts"] == pytest.approx(15.0)
@@ -610,10 +885,31 @@ def test_a_modified_preset_is_not_shown_as_the_reported_model(tmp_path):
     accuracy: the report lists it apart, not beside the preset's reported number."""
     root, url = tmp_path / "studies", f"sqlite:///{tmp_path}/s.db"
     base = store.open_study("baseline", url)
-    store.add_record(base, make_record(root, "baseline", "resnet-v1-104", kind="baseline", family="resnet",
-                                       right=BASELINE_RIGHT, reported=0.6652, model={"family": "resnet", "depth": 104}))
-    store.add_record(base, make_record(root, "baseline", "resnet-v1-104+depth=20", kind="baseline", family="resnet",
-                                       right=right_with(extra_wrong=10), model={"family": "resnet", "depth": 20}))
+    store.add_record(
+        base,
+        make_record(
+            root,
+            "baseline",
+            "resnet-v1-104",
+            kind="baseline",
+            family="resnet",
+            right=BASELINE_RIGHT,
+            reported=0.6652,
+            model={"family": "resnet", "depth": 104},
+        ),
+    )
+    store.add_record(
+        base,
+        make_record(
+            root,
+            "baseline",
+            "resnet-v1-104+depth=20",
+            kind="baseline",
+            family="resnet",
+            right=right_with(extra_wrong=10),
+            model={"family": "resnet", "depth": 20},
+        ),
+    )
     build_report("baseline", storage=url, out=tmp_path / "out", root=root)
     rows = json.loads((tmp_path / "out" / "trials.json").read_text())["rows"]
     block = [(r["run"], r["kind"]) for r in rows if r["rank"] is None]

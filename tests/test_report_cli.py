@@ -12,8 +12,13 @@ from test_baseline import TINY_PRESETS
 from test_cli import _assert_one_line_error
 
 FIGURES = (
-    "optimization_history.png", "intermediate_values.png", "param_importance.png", "parallel_coordinates.png",
-    "learning_curves.png", "accuracy_vs_params.png", "confusion_matrix.png",
+    "optimization_history.png",
+    "intermediate_values.png",
+    "param_importance.png",
+    "parallel_coordinates.png",
+    "learning_curves.png",
+    "accuracy_vs_params.png",
+    "confusion_matrix.png",
 )
 
 
@@ -37,11 +42,35 @@ def study_dir(tmp_path_factory):
     data = write_folder(root / "fer", _items())
     (root / "presets.toml").write_text(TINY_PRESETS.replace("EPOCHS", "1"))
     (root / "tiny.toml").write_text(TINY_SPACE)
-    baseline = run_cli("baseline", "--data", str(data), "--presets", str(root / "presets.toml"), "--only", "tiny-resnet",
-                       "--budget", "smoke", "--protocol", "holdout", cwd=root)
+    baseline = run_cli(
+        "baseline",
+        "--data",
+        str(data),
+        "--presets",
+        str(root / "presets.toml"),
+        "--only",
+        "tiny-resnet",
+        "--budget",
+        "smoke",
+        "--protocol",
+        "holdout",
+        cwd=root,
+    )
     assert baseline.returncode == 0, baseline.stderr
-    search = run_cli("search", "--space", str(root / "tiny.toml"), "--data", str(data), "--budget", "smoke",
-                     "--trials", "2", "--study", "s", cwd=root)
+    search = run_cli(
+        "search",
+        "--space",
+        str(root / "tiny.toml"),
+        "--data",
+        str(data),
+        "--budget",
+        "smoke",
+        "--trials",
+        "2",
+        "--study",
+        "s",
+        cwd=root,
+    )
     assert search.returncode == 0, search.stderr
     return root
 
@@ -63,7 +92,7 @@ def test_report_of_a_search_beside_the_baselines(study_dir):
         assert row["verdict"] in ("beats", "ties", "loses")  # 42 paired test images: a real test
     assert "report written to reports/s/" in result.stdout
     html = (out / "report.html").read_text()
-    assert "<img" in html and 'src="data:image/png;base64,' in html and "src=\"http" not in html
+    assert "<img" in html and 'src="data:image/png;base64,' in html and 'src="http' not in html
 
 
 def test_report_errors_are_one_line_and_write_nothing(study_dir):

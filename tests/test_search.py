@@ -126,10 +126,33 @@ def test_rerun_continues_the_study_and_keeps_finished_trials(small_data, space, 
 
 
 def test_ctrl_c_stops_cleanly_and_queues_the_interrupted_trial(small_data, space, workdir):
-    args = [sys.executable, "-m", "ferhpo", "search", "--space", str(space), "--data", str(small_data),
-            "--budget", "smoke", "--max-epochs", "3", "--trials", "2", "--study", "c"]
-    proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=default_sigint)
+    args = [
+        sys.executable,
+        "-m",
+        "ferhpo",
+        "search",
+        "--space",
+        str(space),
+        "--data",
+        str(small_data),
+        "--budget",
+        "smoke",
+        "--max-epochs",
+        "3",
+        "--trials",
+        "2",
+        "--study",
+        "c",
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_sigint,
+    )
 
     def training():
         try:
@@ -174,8 +197,19 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_study_goes_on_but_exits
 
 
 def test_two_objectives_store_a_pareto_front(small_data, space, workdir):
-    result = search(space, small_data, "--trials", "2", "--study", "mo", "--objective", "val_accuracy,params",
-                    "--sampler", "random", cwd=workdir)
+    result = search(
+        space,
+        small_data,
+        "--trials",
+        "2",
+        "--study",
+        "mo",
+        "--objective",
+        "val_accuracy,params",
+        "--sampler",
+        "random",
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr
     assert "Pareto front" in result.stdout
     study = load(workdir, "mo")
@@ -283,8 +317,7 @@ def test_test_images_are_read_only_after_training_ends(tmp_path, watched_study, 
 
 
 def test_timeout_stops_starting_trials_with_keras_tuner(small_data, space, workdir):
-    result = search(space, small_data, "--engine", "keras-tuner", "--trials", "5", "--timeout", "1", "--study", "t",
-                    cwd=workdir)
+    result = search(space, small_data, "--engine", "keras-tuner", "--trials", "5", "--timeout", "1", "--study", "t", cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert len(store.records(load(workdir, "t"))) == 1  # the first trial ran past the deadline: no second
 
@@ -301,9 +334,10 @@ def test_the_random_sampler_gives_trial_k_the_same_configuration_whatever_the_or
         storage = optuna.storages.InMemoryStorage()
         optuna.create_study(study_name="s", storage=storage)
         # each worker has its own sampler object, seeded as a worker would be
-        studies = [optuna.load_study(study_name="s", storage=storage,
-                                     sampler=make_sampler("random", space, 1000 + i, study_seed=seed))
-                   for i in range(workers)]
+        studies = [
+            optuna.load_study(study_name="s", storage=storage, sampler=make_sampler("random", space, 1000 + i, study_seed=seed))
+            for i in range(workers)
+        ]
         out = {}
         for k in range(n):
             trial = studies[(k * 7 + 3) % workers].ask()

@@ -61,8 +61,21 @@ def test_shipped_spaces_describe_themselves(name):
     text = (spaces.spaces_dir() / f"{name}.toml").read_text()
     for p in space.params:  # each parameter is explained in the comment header
         assert re.search(rf"^#\s+{p.name}\b", text, re.M), p.name
-    recipe = {"optimizer", "learning_rate", "weight_decay", "batch_size", "schedule", "plateau",
-              "label_smoothing", "shift", "rotation", "zoom", "erasing", "mixup", "tta_hflip"}
+    recipe = {
+        "optimizer",
+        "learning_rate",
+        "weight_decay",
+        "batch_size",
+        "schedule",
+        "plateau",
+        "label_smoothing",
+        "shift",
+        "rotation",
+        "zoom",
+        "erasing",
+        "mixup",
+        "tta_hflip",
+    }
     assert recipe <= {p.name for p in space.params}
     assert space.param("schedule").choices == ("reference-step", "cosine", "constant")
 
@@ -145,7 +158,7 @@ def test_load_space_by_path_and_errors(tmp_path):
 
 HEAD = '[space]\nfamily = "densenet"\n'
 RES = '[space]\nfamily = "resnet"\n'
-GROWTH = "[params.growth_rate]\ntype = \"int\"\nlow = 8\nhigh = 32\nstep = 4\ndefault = 12\n"
+GROWTH = '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\nstep = 4\ndefault = 12\n'
 VERSION = '[params.version]\ntype = "categorical"\nchoices = [1, 2]\ndefault = 1\n'
 
 BAD = [
@@ -156,132 +169,286 @@ BAD = [
     ("no-space", GROWTH, r"missing \[space\] table"),
     ("no-family", '[space]\ndescription = "x"\n', r"missing key 'family' in \[space\]"),
     ("family", '[space]\nfamily = "vgg"\n', r"\[space\] family must be one of 'densenet', 'resnet', but got family='vgg'"),
-    ("unknown-param", HEAD + "[params.width]\ntype = \"int\"\nlow = 1\nhigh = 2\ndefault = 1\n",
-     r"parameter 'width': unknown parameter: field 'width' is not a field of DenseNetConfig or TrainConfig.*"
-     r"known fields: DenseNetConfig: growth_rate"),
-    ("unknown-field", HEAD + "[params.k]\nfield = \"depth\"\ntype = \"int\"\nlow = 1\nhigh = 2\ndefault = 1\n",
-     r"parameter 'k': unknown parameter: field 'depth'"),
+    (
+        "unknown-param",
+        HEAD + '[params.width]\ntype = "int"\nlow = 1\nhigh = 2\ndefault = 1\n',
+        r"parameter 'width': unknown parameter: field 'width' is not a field of DenseNetConfig or TrainConfig.*"
+        r"known fields: DenseNetConfig: growth_rate",
+    ),
+    (
+        "unknown-field",
+        HEAD + '[params.k]\nfield = "depth"\ntype = "int"\nlow = 1\nhigh = 2\ndefault = 1\n',
+        r"parameter 'k': unknown parameter: field 'depth'",
+    ),
     ("param-key", HEAD + GROWTH + "lo = 3\n", r"parameter 'growth_rate': unknown key 'lo'; known keys: type"),
-    ("bad-type", HEAD + '[params.growth_rate]\ntype = "bad type"\ndefault = 12\n',
-     r"parameter 'growth_rate': type must be one of 'int', 'float', 'categorical', 'bool', but got type='bad type'"),
+    (
+        "bad-type",
+        HEAD + '[params.growth_rate]\ntype = "bad type"\ndefault = 12\n',
+        r"parameter 'growth_rate': type must be one of 'int', 'float', 'categorical', 'bool', but got type='bad type'",
+    ),
     ("no-type", HEAD + "[params.growth_rate]\ndefault = 12\n", r"parameter 'growth_rate': missing key 'type'"),
-    ("misplaced-key", HEAD + GROWTH + "choices = [8]\n",
-     r"parameter 'growth_rate': key 'choices' does not apply to type 'int'"),
-    ("no-default", HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\n',
-     r"parameter 'growth_rate': missing key 'default'; every parameter needs a default"),
-    ("no-high", HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\ndefault = 12\n',
-     r"parameter 'growth_rate': missing key 'high'"),
-    ("int-low", HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8.0\nhigh = 32\ndefault = 12\n',
-     r"parameter 'growth_rate': low must be an integer for type 'int', but got low=8\.0"),
-    ("int-default", HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\ndefault = 12.5\n',
-     r"parameter 'growth_rate': default must be an integer for type 'int', but got default=12\.5"),
-    ("empty-range", HEAD + '[params.growth_rate]\ntype = "int"\nlow = 32\nhigh = 8\ndefault = 12\n',
-     r"parameter 'growth_rate': low <= high must hold, but got low=32, high=8"),
-    ("float-range", HEAD + '[params.dropout]\ntype = "float"\nlow = 0.3\nhigh = 0.1\ndefault = 0.2\n',
-     r"parameter 'dropout': low <= high must hold, but got low=0\.3, high=0\.1"),
-    ("float-nan", HEAD + '[params.dropout]\ntype = "float"\nlow = nan\nhigh = 0.1\ndefault = 0.0\n',
-     r"parameter 'dropout': low must be a finite number for type 'float', but got low=nan"),
-    ("step-zero", HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\nstep = 0\ndefault = 12\n',
-     r"parameter 'growth_rate': step must be > 0, but got step=0"),
-    ("step-float-neg", HEAD + '[params.dropout]\ntype = "float"\nlow = 0.0\nhigh = 0.3\nstep = -0.1\ndefault = 0.0\n',
-     r"parameter 'dropout': step must be > 0, but got step=-0\.1"),
-    ("step-multiple", HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 30\nstep = 4\ndefault = 12\n',
-     r"parameter 'growth_rate': high - low must be a multiple of step, but got low=8, high=30, step=4"),
-    ("float-step-multiple", HEAD + '[params.dropout]\ntype = "float"\nlow = 0.0\nhigh = 0.25\nstep = 0.1\ndefault = 0.0\n',
-     r"parameter 'dropout': high - low must be a multiple of step"),
-    ("log-low", HEAD + '[params.dropout]\ntype = "float"\nlow = 0.0\nhigh = 0.3\nlog = true\ndefault = 0.1\n',
-     r"parameter 'dropout': log = true needs low > 0, but got low=0\.0"),
-    ("log-step", HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\nstep = 4\nlog = true\ndefault = 12\n',
-     r"parameter 'growth_rate': log = true cannot be combined with step .* but got log=true, step=4"),
-    ("log-not-bool", HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\nlog = "yes"\ndefault = 12\n',
-     r"parameter 'growth_rate': log must be true or false, but got log='yes'"),
-    ("default-range", HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\ndefault = 40\n',
-     r"parameter 'growth_rate': default must lie in \[low, high\], but got default=40, low=8, high=32"),
-    ("default-grid", HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\nstep = 4\ndefault = 13\n',
-     r"parameter 'growth_rate': default must be on the step grid low \+ k \* step, but got default=13"),
-    ("float-default-grid", HEAD + '[params.dropout]\ntype = "float"\nlow = 0.0\nhigh = 0.3\nstep = 0.1\ndefault = 0.15\n',
-     r"parameter 'dropout': default must be on the step grid"),
-    ("no-choices", HEAD + '[params.optimizer]\ntype = "categorical"\ndefault = "adam"\n',
-     r"parameter 'optimizer': missing key 'choices'"),
-    ("empty-choices", HEAD + '[params.optimizer]\ntype = "categorical"\nchoices = []\ndefault = "adam"\n',
-     r"parameter 'optimizer': choices must be a non-empty list, but got choices=\[\]"),
-    ("duplicate-choices",
-     HEAD + '[params.optimizer]\ntype = "categorical"\nchoices = ["adam", "sgd", "adam"]\ndefault = "adam"\n',
-     r"parameter 'optimizer': choices must be distinct, but got choices=\[\"adam\", \"sgd\", \"adam\"\] \(\"adam\" repeated\)"),
-    ("mixed-choices", HEAD + '[params.weight_decay]\ntype = "categorical"\nchoices = [0, 1e-4]\ndefault = 0\n',
-     r"parameter 'weight_decay': choices must all have one type .* but got choices=\[0, 0\.0001\]"),
-    ("bool-choices", HEAD + '[params.bottleneck]\ntype = "categorical"\nchoices = [true, false]\ndefault = true\n',
-     r"parameter 'bottleneck': choices must be integers, floats or strings \(write true/false choices as "
-     r"type = \"bool\"\)"),
-    ("table-choices", HEAD + '[params.head]\ntype = "categorical"\nchoices = [{ a = 1 }]\ndefault = "gap"\n',
-     r"parameter 'head': choices must be integers, floats or strings"),
-    ("default-choice", HEAD + '[params.optimizer]\ntype = "categorical"\nchoices = ["adam", "sgd"]\ndefault = "rmsprop"\n',
-     r"parameter 'optimizer': default must be one of the choices, but got default=\"rmsprop\", choices=\[\"adam\", \"sgd\"\]"),
-    ("default-choice-type", HEAD + '[params.batch_size]\ntype = "categorical"\nchoices = [32, 64]\ndefault = 32.0\n',
-     r"parameter 'batch_size': default must be one of the choices, but got default=32\.0"),
-    ("bool-default", HEAD + '[params.bottleneck]\ntype = "bool"\ndefault = 1\n',
-     r"parameter 'bottleneck': default must be true or false for type 'bool', but got default=1"),
-    ("name", HEAD + '[params."growth-rate"]\nfield = "growth_rate"\ntype = "int"\nlow = 8\nhigh = 32\ndefault = 12\n',
-     r"parameter 'growth-rate': a parameter name must be an identifier"),
-    ("not-a-table", HEAD + "[params]\ngrowth_rate = 12\n",
-     r"parameter 'growth_rate': must be a table \[params.growth_rate\] with type and default, but got 12"),
-    ("when-unknown", HEAD + GROWTH + "when = { flavour = [1] }\n",
-     r"parameter 'growth_rate': when must name a parameter declared before this one, but got 'flavour'"),
-    ("when-later", HEAD + GROWTH + "when = { bottleneck = true }\n" + '[params.bottleneck]\ntype = "bool"\ndefault = true\n',
-     r"parameter 'growth_rate': when must name a parameter declared before this one, but got 'bottleneck'; "
-     r"declared before: \(none\)"),
-    ("when-self", HEAD + GROWTH + "when = { growth_rate = 12 }\n",
-     r"parameter 'growth_rate': when cannot name the parameter itself"),
-    ("when-nested", HEAD + '[params.bottleneck]\ntype = "bool"\ndefault = true\n'
-     '[params.head]\ntype = "categorical"\nchoices = ["avg4", "gap"]\ndefault = "avg4"\nwhen = { bottleneck = true }\n'
-     + GROWTH + 'when = { head = "gap" }\n',
-     r"parameter 'growth_rate': when's parent 'head' is itself conditional; nested conditions are not supported"),
-    ("when-parent-type", HEAD + '[params.num_blocks]\ntype = "int"\nlow = 2\nhigh = 4\ndefault = 4\n'
-     + GROWTH + "when = { num_blocks = [3] }\n",
-     r"parameter 'growth_rate': when's parent 'num_blocks' must be of type 'categorical' or 'bool', but got type='int'"),
-    ("when-two-parents", HEAD + '[params.bottleneck]\ntype = "bool"\ndefault = true\n'
-     '[params.head]\ntype = "categorical"\nchoices = ["avg4", "gap"]\ndefault = "avg4"\n'
-     + GROWTH + 'when = { bottleneck = true, head = "gap" }\n',
-     r"parameter 'growth_rate': when must name exactly one parent .* but got when=\{bottleneck, head\}"),
-    ("when-value", RES + VERSION + '[params.depth]\ntype = "int"\nlow = 20\nhigh = 26\nstep = 6\ndefault = 20\n'
-     "when = { version = [3] }\n",
-     r"parameter 'depth': when values must be among the choices of 'version' \[1, 2\], but got version=3"),
-    ("when-value-type", RES + VERSION + '[params.depth]\ntype = "int"\nlow = 20\nhigh = 26\nstep = 6\ndefault = 20\n'
-     'when = { version = ["1"] }\n',
-     r"parameter 'depth': when values must be among the choices of 'version' \[1, 2\], but got version=\"1\""),
-    ("when-not-table", HEAD + GROWTH + 'when = "bottleneck"\n',
-     r"parameter 'growth_rate': when must be a table naming one parent, like when = \{ version = \[1\] \}"),
-    ("same-field", HEAD + GROWTH + '[params.growth_big]\nfield = "growth_rate"\ntype = "int"\nlow = 32\nhigh = 64\n'
-     "default = 32\n",
-     r"parameter 'growth_big': field 'growth_rate' is also set by parameter 'growth_rate'; two parameters may set "
-     r"one field only when their `when` conditions are mutually exclusive"),
-    ("same-field-overlap", RES + VERSION
-     + '[params.d1]\nfield = "depth"\ntype = "int"\nlow = 20\nhigh = 26\nstep = 6\ndefault = 20\nwhen = { version = [1] }\n'
-     + '[params.d2]\nfield = "depth"\ntype = "int"\nlow = 29\nhigh = 38\nstep = 9\ndefault = 29\nwhen = { version = [1, 2] }\n',
-     r"parameter 'd2': field 'depth' is also set by parameter 'd1'"),
-    ("fixed-param", HEAD + "[fixed]\ngrowth_rate = 16\n" + GROWTH,
-     r"parameter 'growth_rate': field 'growth_rate' is also set in \[fixed\]; a field is either fixed or searched"),
-    ("fixed-unknown", HEAD + "[fixed]\nwidth = 16\n",
-     r"\[fixed\] 'width' is not a field of DenseNetConfig or TrainConfig; known fields"),
-    ("fixed-rejected", HEAD + "[fixed]\ncompression = 0.0\n",
-     r"\[fixed\] values are rejected by the builder: DenseNet compression must be in \(0, 1\]"),
-    ("builder", HEAD + '[params.num_blocks]\ntype = "int"\nlow = 2\nhigh = 5\ndefault = 4\n',
-     r"parameter 'num_blocks': value 5 is rejected by the builder: DenseNet with num_blocks=5 and head='avg4'"),
-    ("builder-float", HEAD + '[params.zoom]\ntype = "float"\nlow = 0.0\nhigh = 1.0\ndefault = 0.0\n',
-     r"parameter 'zoom': value 1\.0 is rejected by the builder: TrainConfig zoom must be in \[0, 1\)"),
-    ("builder-type", HEAD + '[params.growth_rate]\ntype = "float"\nlow = 8\nhigh = 32\ndefault = 12\n',
-     r"parameter 'growth_rate': default 12\.0 is rejected by the builder: DenseNet growth_rate must be a positive integer"),
-    ("builder-choice", HEAD + '[params.optimizer]\ntype = "categorical"\nchoices = ["adam", "lion"]\ndefault = "adam"\n',
-     r"parameter 'optimizer': value \"lion\" is rejected by the builder: TrainConfig optimizer must be one of"),
-    ("builder-step", RES + '[params.depth_v1]\nfield = "depth"\ntype = "int"\nlow = 20\nhigh = 26\nstep = 3\ndefault = 20\n',
-     r"parameter 'depth_v1': value 23 is rejected by the builder: ResNet v1 depth must be 6n\+2"),
+    ("misplaced-key", HEAD + GROWTH + "choices = [8]\n", r"parameter 'growth_rate': key 'choices' does not apply to type 'int'"),
+    (
+        "no-default",
+        HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\n',
+        r"parameter 'growth_rate': missing key 'default'; every parameter needs a default",
+    ),
+    (
+        "no-high",
+        HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\ndefault = 12\n',
+        r"parameter 'growth_rate': missing key 'high'",
+    ),
+    (
+        "int-low",
+        HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8.0\nhigh = 32\ndefault = 12\n',
+        r"parameter 'growth_rate': low must be an integer for type 'int', but got low=8\.0",
+    ),
+    (
+        "int-default",
+        HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\ndefault = 12.5\n',
+        r"parameter 'growth_rate': default must be an integer for type 'int', but got default=12\.5",
+    ),
+    (
+        "empty-range",
+        HEAD + '[params.growth_rate]\ntype = "int"\nlow = 32\nhigh = 8\ndefault = 12\n',
+        r"parameter 'growth_rate': low <= high must hold, but got low=32, high=8",
+    ),
+    (
+        "float-range",
+        HEAD + '[params.dropout]\ntype = "float"\nlow = 0.3\nhigh = 0.1\ndefault = 0.2\n',
+        r"parameter 'dropout': low <= high must hold, but got low=0\.3, high=0\.1",
+    ),
+    (
+        "float-nan",
+        HEAD + '[params.dropout]\ntype = "float"\nlow = nan\nhigh = 0.1\ndefault = 0.0\n',
+        r"parameter 'dropout': low must be a finite number for type 'float', but got low=nan",
+    ),
+    (
+        "step-zero",
+        HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\nstep = 0\ndefault = 12\n',
+        r"parameter 'growth_rate': step must be > 0, but got step=0",
+    ),
+    (
+        "step-float-neg",
+        HEAD + '[params.dropout]\ntype = "float"\nlow = 0.0\nhigh = 0.3\nstep = -0.1\ndefault = 0.0\n',
+        r"parameter 'dropout': step must be > 0, but got step=-0\.1",
+    ),
+    (
+        "step-multiple",
+        HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 30\nstep = 4\ndefault = 12\n',
+        r"parameter 'growth_rate': high - low must be a multiple of step, but got low=8, high=30, step=4",
+    ),
+    (
+        "float-step-multiple",
+        HEAD + '[params.dropout]\ntype = "float"\nlow = 0.0\nhigh = 0.25\nstep = 0.1\ndefault = 0.0\n',
+        r"parameter 'dropout': high - low must be a multiple of step",
+    ),
+    (
+        "log-low",
+        HEAD + '[params.dropout]\ntype = "float"\nlow = 0.0\nhigh = 0.3\nlog = true\ndefault = 0.1\n',
+        r"parameter 'dropout': log = true needs low > 0, but got low=0\.0",
+    ),
+    (
+        "log-step",
+        HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\nstep = 4\nlog = true\ndefault = 12\n',
+        r"parameter 'growth_rate': log = true cannot be combined with step .* but got log=true, step=4",
+    ),
+    (
+        "log-not-bool",
+        HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\nlog = "yes"\ndefault = 12\n',
+        r"parameter 'growth_rate': log must be true or false, but got log='yes'",
+    ),
+    (
+        "default-range",
+        HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\ndefault = 40\n',
+        r"parameter 'growth_rate': default must lie in \[low, high\], but got default=40, low=8, high=32",
+    ),
+    (
+        "default-grid",
+        HEAD + '[params.growth_rate]\ntype = "int"\nlow = 8\nhigh = 32\nstep = 4\ndefault = 13\n',
+        r"parameter 'growth_rate': default must be on the step grid low \+ k \* step, but got default=13",
+    ),
+    (
+        "float-default-grid",
+        HEAD + '[params.dropout]\ntype = "float"\nlow = 0.0\nhigh = 0.3\nstep = 0.1\ndefault = 0.15\n',
+        r"parameter 'dropout': default must be on the step grid",
+    ),
+    (
+        "no-choices",
+        HEAD + '[params.optimizer]\ntype = "categorical"\ndefault = "adam"\n',
+        r"parameter 'optimizer': missing key 'choices'",
+    ),
+    (
+        "empty-choices",
+        HEAD + '[params.optimizer]\ntype = "categorical"\nchoices = []\ndefault = "adam"\n',
+        r"parameter 'optimizer': choices must be a non-empty list, but got choices=\[\]",
+    ),
+    (
+        "duplicate-choices",
+        HEAD + '[params.optimizer]\ntype = "categorical"\nchoices = ["adam", "sgd", "adam"]\ndefault = "adam"\n',
+        r"parameter 'optimizer': choices must be distinct, but got choices=\[\"adam\", \"sgd\", \"adam\"\] \(\"adam\" repeated\)",
+    ),
+    (
+        "mixed-choices",
+        HEAD + '[params.weight_decay]\ntype = "categorical"\nchoices = [0, 1e-4]\ndefault = 0\n',
+        r"parameter 'weight_decay': choices must all have one type .* but got choices=\[0, 0\.0001\]",
+    ),
+    (
+        "bool-choices",
+        HEAD + '[params.bottleneck]\ntype = "categorical"\nchoices = [true, false]\ndefault = true\n',
+        r"parameter 'bottleneck': choices must be integers, floats or strings \(write true/false choices as "
+        r"type = \"bool\"\)",
+    ),
+    (
+        "table-choices",
+        HEAD + '[params.head]\ntype = "categorical"\nchoices = [{ a = 1 }]\ndefault = "gap"\n',
+        r"parameter 'head': choices must be integers, floats or strings",
+    ),
+    (
+        "default-choice",
+        HEAD + '[params.optimizer]\ntype = "categorical"\nchoices = ["adam", "sgd"]\ndefault = "rmsprop"\n',
+        r"parameter 'optimizer': default must be one of the choices, but got default=\"rmsprop\", choices=\[\"adam\", \"sgd\"\]",
+    ),
+    (
+        "default-choice-type",
+        HEAD + '[params.batch_size]\ntype = "categorical"\nchoices = [32, 64]\ndefault = 32.0\n',
+        r"parameter 'batch_size': default must be one of the choices, but got default=32\.0",
+    ),
+    (
+        "bool-default",
+        HEAD + '[params.bottleneck]\ntype = "bool"\ndefault = 1\n',
+        r"parameter 'bottleneck': default must be true or false for type 'bool', but got default=1",
+    ),
+    (
+        "name",
+        HEAD + '[params."growth-rate"]\nfield = "growth_rate"\ntype = "int"\nlow = 8\nhigh = 32\ndefault = 12\n',
+        r"parameter 'growth-rate': a parameter name must be an identifier",
+    ),
+    (
+        "not-a-table",
+        HEAD + "[params]\ngrowth_rate = 12\n",
+        r"parameter 'growth_rate': must be a table \[params.growth_rate\] with type and default, but got 12",
+    ),
+    (
+        "when-unknown",
+        HEAD + GROWTH + "when = { flavour = [1] }\n",
+        r"parameter 'growth_rate': when must name a parameter declared before this one, but got 'flavour'",
+    ),
+    (
+        "when-later",
+        HEAD + GROWTH + "when = { bottleneck = true }\n" + '[params.bottleneck]\ntype = "bool"\ndefault = true\n',
+        r"parameter 'growth_rate': when must name a parameter declared before this one, but got 'bottleneck'; "
+        r"declared before: \(none\)",
+    ),
+    (
+        "when-self",
+        HEAD + GROWTH + "when = { growth_rate = 12 }\n",
+        r"parameter 'growth_rate': when cannot name the parameter itself",
+    ),
+    (
+        "when-nested",
+        HEAD + '[params.bottleneck]\ntype = "bool"\ndefault = true\n'
+        '[params.head]\ntype = "categorical"\nchoices = ["avg4", "gap"]\ndefault = "avg4"\nwhen = { bottleneck = true }\n'
+        + GROWTH
+        + 'when = { head = "gap" }\n',
+        r"parameter 'growth_rate': when's parent 'head' is itself conditional; nested conditions are not supported",
+    ),
+    (
+        "when-parent-type",
+        HEAD + '[params.num_blocks]\ntype = "int"\nlow = 2\nhigh = 4\ndefault = 4\n' + GROWTH + "when = { num_blocks = [3] }\n",
+        r"parameter 'growth_rate': when's parent 'num_blocks' must be of type 'categorical' or 'bool', but got type='int'",
+    ),
+    (
+        "when-two-parents",
+        HEAD + '[params.bottleneck]\ntype = "bool"\ndefault = true\n'
+        '[params.head]\ntype = "categorical"\nchoices = ["avg4", "gap"]\ndefault = "avg4"\n'
+        + GROWTH
+        + 'when = { bottleneck = true, head = "gap" }\n',
+        r"parameter 'growth_rate': when must name exactly one parent .* but got when=\{bottleneck, head\}",
+    ),
+    (
+        "when-value",
+        RES + VERSION + '[params.depth]\ntype = "int"\nlow = 20\nhigh = 26\nstep = 6\ndefault = 20\nwhen = { version = [3] }\n',
+        r"parameter 'depth': when values must be among the choices of 'version' \[1, 2\], but got version=3",
+    ),
+    (
+        "when-value-type",
+        RES + VERSION + '[params.depth]\ntype = "int"\nlow = 20\nhigh = 26\nstep = 6\ndefault = 20\nwhen = { version = ["1"] }\n',
+        r"parameter 'depth': when values must be among the choices of 'version' \[1, 2\], but got version=\"1\"",
+    ),
+    (
+        "when-not-table",
+        HEAD + GROWTH + 'when = "bottleneck"\n',
+        r"parameter 'growth_rate': when must be a table naming one parent, like when = \{ version = \[1\] \}",
+    ),
+    (
+        "same-field",
+        HEAD + GROWTH + '[params.growth_big]\nfield = "growth_rate"\ntype = "int"\nlow = 32\nhigh = 64\ndefault = 32\n',
+        r"parameter 'growth_big': field 'growth_rate' is also set by parameter 'growth_rate'; two parameters may set "
+        r"one field only when their `when` conditions are mutually exclusive",
+    ),
+    (
+        "same-field-overlap",
+        RES
+        + VERSION
+        + '[params.d1]\nfield = "depth"\ntype = "int"\nlow = 20\nhigh = 26\nstep = 6\ndefault = 20\nwhen = { version = [1] }\n'
+        + '[params.d2]\nfield = "depth"\ntype = "int"\nlow = 29\nhigh = 38\nstep = 9\ndefault = 29\n'
+        + "when = { version = [1, 2] }\n",
+        r"parameter 'd2': field 'depth' is also set by parameter 'd1'",
+    ),
+    (
+        "fixed-param",
+        HEAD + "[fixed]\ngrowth_rate = 16\n" + GROWTH,
+        r"parameter 'growth_rate': field 'growth_rate' is also set in \[fixed\]; a field is either fixed or searched",
+    ),
+    (
+        "fixed-unknown",
+        HEAD + "[fixed]\nwidth = 16\n",
+        r"\[fixed\] 'width' is not a field of DenseNetConfig or TrainConfig; known fields",
+    ),
+    (
+        "fixed-rejected",
+        HEAD + "[fixed]\ncompression = 0.0\n",
+        r"\[fixed\] values are rejected by the builder: DenseNet compression must be in \(0, 1\]",
+    ),
+    (
+        "builder",
+        HEAD + '[params.num_blocks]\ntype = "int"\nlow = 2\nhigh = 5\ndefault = 4\n',
+        r"parameter 'num_blocks': value 5 is rejected by the builder: DenseNet with num_blocks=5 and head='avg4'",
+    ),
+    (
+        "builder-float",
+        HEAD + '[params.zoom]\ntype = "float"\nlow = 0.0\nhigh = 1.0\ndefault = 0.0\n',
+        r"parameter 'zoom': value 1\.0 is rejected by the builder: TrainConfig zoom must be in \[0, 1\)",
+    ),
+    (
+        "builder-type",
+        HEAD + '[params.growth_rate]\ntype = "float"\nlow = 8\nhigh = 32\ndefault = 12\n',
+        r"parameter 'growth_rate': default 12\.0 is rejected by the builder: DenseNet growth_rate must be a positive integer",
+    ),
+    (
+        "builder-choice",
+        HEAD + '[params.optimizer]\ntype = "categorical"\nchoices = ["adam", "lion"]\ndefault = "adam"\n',
+        r"parameter 'optimizer': value \"lion\" is rejected by the builder: TrainConfig optimizer must be one of",
+    ),
+    (
+        "builder-step",
+        RES + '[params.depth_v1]\nfield = "depth"\ntype = "int"\nlow = 20\nhigh = 26\nstep = 3\ndefault = 20\n',
+        r"parameter 'depth_v1': value 23 is rejected by the builder: ResNet v1 depth must be 6n\+2",
+    ),
     # a child is checked with the parent value that activates it: 26 is a v1 depth, not a v2 one
-    ("builder-conditional", RES + VERSION + '[params.depth_v2]\nfield = "depth"\ntype = "int"\nlow = 26\nhigh = 29\n'
-     "step = 3\ndefault = 29\nwhen = { version = 2 }\n",
-     r"parameter 'depth_v2': value 26 is rejected by the builder: ResNet v2 depth must be 9n\+2"),
+    (
+        "builder-conditional",
+        RES + VERSION + '[params.depth_v2]\nfield = "depth"\ntype = "int"\nlow = 26\nhigh = 29\n'
+        "step = 3\ndefault = 29\nwhen = { version = 2 }\n",
+        r"parameter 'depth_v2': value 26 is rejected by the builder: ResNet v2 depth must be 9n\+2",
+    ),
     # a parent value is checked with its children's defaults: v2 with the v1 default depth
-    ("builder-parent", RES + VERSION + '[params.depth]\ntype = "int"\nlow = 26\nhigh = 32\nstep = 6\ndefault = 26\n',
-     r"parameter 'version': value 2 is rejected by the builder: ResNet v2 depth must be 9n\+2"),
+    (
+        "builder-parent",
+        RES + VERSION + '[params.depth]\ntype = "int"\nlow = 26\nhigh = 32\nstep = 6\ndefault = 26\n',
+        r"parameter 'version': value 2 is rejected by the builder: ResNet v2 depth must be 9n\+2",
+    ),
 ]
 
 
@@ -308,8 +475,15 @@ def test_a_good_space_with_every_feature_loads(tmp_path):
     assert train.optimizer == "sgd" and model.growth_rate == 12
     data = space.to_dict()
     assert data["params"][4] == {
-        "name": "compression", "type": "float", "field": "compression", "low": 0.3, "high": 1.0,
-        "step": None, "log": False, "default": 0.5, "when": {"bottleneck": [True]},
+        "name": "compression",
+        "type": "float",
+        "field": "compression",
+        "low": 0.3,
+        "high": 1.0,
+        "step": None,
+        "log": False,
+        "default": 0.5,
+        "when": {"bottleneck": [True]},
     }
     assert data["fixed"] == {"num_blocks": 3} and data["family"] == "densenet"
 
@@ -441,8 +615,15 @@ def test_keras_tuner_log_int_has_no_step(tmp_path):
 
 def test_sample_coerces_values_to_their_types(tmp_path):
     space = load_space(write(tmp_path, KINDS))
-    given = {"bottleneck": 1, "growth_rate": 12.0, "layers_per_block": 5, "dropout": 0.30000000000000004,
-             "compression": 1, "learning_rate": 1e-3, "optimizer": "sgd"}
+    given = {
+        "bottleneck": 1,
+        "growth_rate": 12.0,
+        "layers_per_block": 5,
+        "dropout": 0.30000000000000004,
+        "compression": 1,
+        "learning_rate": 1e-3,
+        "optimizer": "sgd",
+    }
     values = spaces.sample(space, lambda p, active: given[p.name])
     assert values["bottleneck"] is True and type(values["growth_rate"]) is int
     assert values["dropout"] == 0.3 and type(values["compression"]) is float

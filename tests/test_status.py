@@ -75,8 +75,17 @@ def test_study_estimate_shares_the_work_among_workers():
 
 def _frozen(number, state, *, start, end=None, value=None, attrs=None):
     return optuna.trial.FrozenTrial(
-        number=number, state=state, value=value, datetime_start=start, datetime_complete=end, params={},
-        distributions={}, user_attrs=attrs or {}, system_attrs={}, intermediate_values={}, trial_id=number,
+        number=number,
+        state=state,
+        value=value,
+        datetime_start=start,
+        datetime_complete=end,
+        params={},
+        distributions={},
+        user_attrs=attrs or {},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=number,
     )
 
 
@@ -89,8 +98,16 @@ def make_running_study(url: str, name: str = "watched"):
     study.set_user_attr(WANTED_ATTR, 4)
     now = dt.datetime.now()
     running = optuna.trial.TrialState.RUNNING
-    study.add_trial(_frozen(0, optuna.trial.TrialState.COMPLETE, start=now - dt.timedelta(seconds=900),
-                            end=now - dt.timedelta(seconds=300), value=0.55, attrs={"run": "trial-0", "kind": "trial"}))
+    study.add_trial(
+        _frozen(
+            0,
+            optuna.trial.TrialState.COMPLETE,
+            start=now - dt.timedelta(seconds=900),
+            end=now - dt.timedelta(seconds=300),
+            value=0.55,
+            attrs={"run": "trial-0", "kind": "trial"},
+        )
+    )
     progress = RunProgress(epochs=5, epoch=2, value=0.4321, epoch_seconds=[60.0, 60.0], updated=time.time())
     study.add_trial(_frozen(1, running, start=now - dt.timedelta(seconds=130), attrs={PROGRESS_ATTR: progress.to_dict()}))
     study.add_trial(_frozen(2, running, start=now - dt.timedelta(seconds=400)))
@@ -158,7 +175,7 @@ def test_status_command_lists_and_details_without_keras(running_study, tmp_path)
     assert lines[-1] == "NO-KERAS 0 0"
     table = [line.split() for line in lines if line.startswith(("second", "watched"))]
     assert [row[:3] for row in table] == [["second", "search", "2/4"], ["watched", "search", "1/4"]]
-    detail = json.loads("\n".join(lines[lines.index("{"):-1]))
+    detail = json.loads("\n".join(lines[lines.index("{") : -1]))
     assert detail["study"] == "watched" and detail["seconds_left"] == pytest.approx(1380.0, abs=2)
     assert {r["number"]: r["stale"] for r in detail["running"]} == {1: False, 2: True}
 
@@ -183,8 +200,11 @@ def test_snapshot_counts_a_worker_slot_per_live_trial(tmp_path):
     study.set_user_attr(WANTED_ATTR, 2)
     now = time.time()
     p = RunProgress(epochs=5, epoch=2, epoch_seconds=[60.0, 60.0])
-    study.add_trial(_frozen(0, optuna.trial.TrialState.RUNNING, start=dt.datetime.fromtimestamp(now - 120),
-                            attrs={PROGRESS_ATTR: p.to_dict()}))
+    study.add_trial(
+        _frozen(
+            0, optuna.trial.TrialState.RUNNING, start=dt.datetime.fromtimestamp(now - 120), attrs={PROGRESS_ATTR: p.to_dict()}
+        )
+    )
     s = snapshot(study, now=now)
     assert s.trial_seconds == pytest.approx(300.0, abs=1)  # 120 s elapsed + 180 s left
     assert s.seconds_left == pytest.approx(180.0 + 300.0, abs=1)
@@ -197,9 +217,17 @@ def test_a_running_trial_without_progress_shows_the_epochs_it_reported(tmp_path)
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     study.set_user_attr(SETTINGS_ATTR, {"objectives": ["val_accuracy"], "max_epochs": 3})
     trial = optuna.trial.FrozenTrial(
-        number=0, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=dt.datetime.now(),
-        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
-        intermediate_values={1: 0.31, 2: 0.42}, trial_id=0,
+        number=0,
+        state=optuna.trial.TrialState.RUNNING,
+        value=None,
+        datetime_start=dt.datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values={1: 0.31, 2: 0.42},
+        trial_id=0,
     )
     study.add_trial(trial)
     (running,) = snapshot(study).running

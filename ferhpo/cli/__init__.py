@@ -35,8 +35,7 @@ COMMANDS: tuple[Command, ...] = (
 def build_parser() -> Parser:
     parser = Parser(
         prog=PROG,
-        description="Reproduce a FER2013 DenseNet/ResNet study, then beat it with architecture and "
-        "hyperparameter search.",
+        description="Reproduce a FER2013 DenseNet/ResNet study, then beat it with architecture and hyperparameter search.",
         epilog="Exit codes: 0 success, 2 bad usage or input, 1 internal error, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

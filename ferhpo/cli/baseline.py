@@ -73,8 +73,7 @@ def _baseline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tensorboard",
         metavar="DIR",
-        help="write each run's curves for TensorBoard into DIR/<run and key hyperparameters>/ "
-        "(then: tensorboard --logdir DIR)",
+        help="write each run's curves for TensorBoard into DIR/<run and key hyperparameters>/ (then: tensorboard --logdir DIR)",
     )
     p.add_argument("--list", action="store_true", help="list the presets (with parameter counts of the built models) and exit")
     p.add_argument("--json", action="store_true", help="print JSON on stdout (progress still goes to stderr)")
@@ -377,8 +376,11 @@ class TrainingProgress:
                 self.printed = time.time()
                 if owner.interactive:
                     self.bar = tqdm(
-                        total=self.params.get("steps"), desc=f"{label} epoch {epoch + 1}/{epochs}",
-                        unit="batch", position=1, leave=False,
+                        total=self.params.get("steps"),
+                        desc=f"{label} epoch {epoch + 1}/{epochs}",
+                        unit="batch",
+                        position=1,
+                        leave=False,
                     )
 
             def on_train_batch_end(self, batch, logs=None):
@@ -393,14 +395,21 @@ class TrainingProgress:
                     print(
                         f"{label} epoch {run.epoch + 1}/{epochs}: batch {run.batch}/{run.batches}, "
                         f"left ~{clock(this)} (all runs ~{clock(everything)})",
-                        file=owner.err, flush=True,
+                        file=owner.err,
+                        flush=True,
                     )
 
             def estimate(self):
                 if not owner.estimated and run.seconds_per_epoch() is not None:
                     owner.estimated = True
                     for line in estimate_lines(
-                        name, run.seconds_per_epoch(), epochs, owner.runs, 1, _has_accelerator(), what="run(s)",
+                        name,
+                        run.seconds_per_epoch(),
+                        epochs,
+                        owner.runs,
+                        1,
+                        _has_accelerator(),
+                        what="run(s)",
                         total_epochs=owner.total_epochs,
                     ):
                         owner.note(line)
@@ -422,7 +431,8 @@ class TrainingProgress:
                     print(
                         f"{label} epoch {epoch + 1}/{epochs}  {metrics}  {run.epoch_seconds[-1]:.1f} s, "
                         f"left ~{clock(this)} (all runs ~{clock(everything)})",
-                        file=owner.err, flush=True,
+                        file=owner.err,
+                        flush=True,
                     )
 
         return Callback()

@@ -49,8 +49,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cache-dir",
         metavar="DIR",
-        help="where decoded arrays are cached (outside the data folder); default: $FERHPO_CACHE, "
-        "else the user cache dir",
+        help="where decoded arrays are cached (outside the data folder); default: $FERHPO_CACHE, else the user cache dir",
     )
     group.add_argument(
         "--skip-bad",
@@ -169,8 +168,9 @@ def load_data(args: argparse.Namespace):
     return load_fer2013(args.data, args.cache_dir, skip_bad=args.skip_bad)
 
 
-def estimate_lines(name: str, per_epoch: float, epochs: int, runs: int, workers: int, accelerator, *, what: str,
-                    total_epochs: int | None = None) -> list[str]:
+def estimate_lines(
+    name: str, per_epoch: float, epochs: int, runs: int, workers: int, accelerator, *, what: str, total_epochs: int | None = None
+) -> list[str]:
     """The up-front estimate, from measured time: one run of `epochs` epochs, and `runs`
     runs (`total_epochs` in all, default runs x epochs) shared by `workers`; past a day
     without an accelerator, it says so and names the budget that fits."""

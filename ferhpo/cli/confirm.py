@@ -27,17 +27,28 @@ def _confirm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--top", type=positive_int, default=3, metavar="K", help="configurations to confirm, best by validation (default 3)"
     )
-    p.add_argument("--seeds", type=positive_int, default=3, metavar="N",
-                   help="seeds per configuration, the run's own seed first (default 3); the study's own run of that "
-                   "seed is reused, not retrained")
+    p.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="seeds per configuration, the run's own seed first (default 3); the study's own run of that "
+        "seed is reused, not retrained",
+    )
     p.add_argument("--budget", choices=list(BUDGETS), help="budget of the runs (default: the study's trials' budget)")
-    p.add_argument("--baseline-study", metavar="NAME",
-                   help="study holding the reference run to confirm against (default: 'baseline'); its best run at "
-                   "the study's budget and protocol is retrained with the same seeds")
+    p.add_argument(
+        "--baseline-study",
+        metavar="NAME",
+        help="study holding the reference run to confirm against (default: 'baseline'); its best run at "
+        "the study's budget and protocol is retrained with the same seeds",
+    )
     p.add_argument("--confirm-study", metavar="NAME", help="study the runs go into (default: <study>-confirm)")
-    p.add_argument("--refit", action="store_true",
-                   help="then train each configuration once more on every training image (no validation) for its best "
-                   "epoch count, as '<run>-refit' (protocol refit): the model to use after selecting on holdout")
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="then train each configuration once more on every training image (no validation) for its best "
+        "epoch count, as '<run>-refit' (protocol refit): the model to use after selecting on holdout",
+    )
     p.add_argument("--force", action="store_true", help="retrain (and recopy) runs already in the confirm study")
     p.add_argument("--json", action="store_true", help="print JSON on stdout (progress still goes to stderr)")
 
@@ -61,15 +72,19 @@ def _confirm_run(args: argparse.Namespace) -> int:
     reference = confirm.reference_run(baseline_runs, top_runs[0])
     budget = get_budget(args.budget) if args.budget else None
     data = load_data(args)
-    plan = confirm.plan(top_runs, reference, seeds=args.seeds, budget=budget, fingerprint=data.info.fingerprint,
-                        refit=args.refit)
+    plan = confirm.plan(top_runs, reference, seeds=args.seeds, budget=budget, fingerprint=data.info.fingerprint, refit=args.refit)
     confirm_name = args.confirm_study or f"{args.study}-confirm"
     import_keras()
     study = store.open_study(confirm_name, args.storage, storage=storage)
     study.set_user_attr(
         confirm.CONFIRM_ATTR,
-        {"source": args.study, "baseline_study": baseline_name, "top": [r.run for r in top_runs],
-         "reference": reference.run, "seeds": args.seeds},
+        {
+            "source": args.study,
+            "baseline_study": baseline_name,
+            "top": [r.run for r in top_runs],
+            "reference": reference.run,
+            "seeds": args.seeds,
+        },
     )
     out = sys.stderr if args.json else sys.stdout
     print(
@@ -93,7 +108,11 @@ def _confirm_run(args: argparse.Namespace) -> int:
 
     try:
         confirm.run(
-            study, plan, data=data, force=args.force, on_done=on_done,
+            study,
+            plan,
+            data=data,
+            force=args.force,
+            on_done=on_done,
             callbacks=lambda item: [progress.callback(item.name, item.train.epochs)],
         )
     except KeyboardInterrupt:

@@ -49,9 +49,7 @@ def _ensemble_run(args: argparse.Namespace) -> int:
     val = f"val {evaluation['val']['accuracy']:.4f}, " if "val" in evaluation else ""
     halves = ""
     if "test_public" in evaluation and "test_private" in evaluation:
-        halves = (
-            f" (public {evaluation['test_public']['accuracy']:.4f}, private {evaluation['test_private']['accuracy']:.4f})"
-        )
+        halves = f" (public {evaluation['test_public']['accuracy']:.4f}, private {evaluation['test_private']['accuracy']:.4f})"
     print(
         f"{recorded['name']} of {', '.join(recorded['members'])}{' with flip averaging' if args.tta else ''}: "
         f"{val}test {evaluation['test']['accuracy']:.4f} on {evaluation['test']['n']:,} images{halves}"

@@ -17,13 +17,24 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     members = p.add_mutually_exclusive_group()
     members.add_argument("--trial", type=non_negative_int, metavar="N", help="export trial N of a search (run 'trial-N')")
     members.add_argument("--run", metavar="NAME", help="export the run of this name (e.g. a baseline preset)")
-    members.add_argument("--top", type=positive_int, metavar="K",
-                       help="average the K runs of best validation accuracy (default: the best run alone)")
-    p.add_argument("--tta", action="store_true",
-                   help="average each image's probabilities with its mirror image's (inside the exported model)")
-    p.add_argument("--format", choices=FORMATS, default="keras",
-                   help="keras (model.keras), saved_model (TensorFlow SavedModel) or onnx (model.onnx; needs "
-                   "pip install 'ferhpo[onnx]'); default keras")
+    members.add_argument(
+        "--top",
+        type=positive_int,
+        metavar="K",
+        help="average the K runs of best validation accuracy (default: the best run alone)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="average each image's probabilities with its mirror image's (inside the exported model)",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="keras",
+        help="keras (model.keras), saved_model (TensorFlow SavedModel) or onnx (model.onnx; needs "
+        "pip install 'ferhpo[onnx]'); default keras",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="new or empty folder to write the model and its card into")
     p.add_argument("--json", action="store_true", help="print the model card as JSON")
 
@@ -42,8 +53,11 @@ def _export_run(args: argparse.Namespace) -> int:
 
     records = rebuild.select_records(study, trial=args.trial, run=args.run, top=args.top)
     measured_evaluation = next(
-        (e.get("evaluation") for e in (study.user_attrs.get(store.ENSEMBLES_ATTR) or {}).values()
-         if e.get("member_run_ids") == [r.run_id for r in records] and bool(e.get("tta_hflip")) == args.tta),
+        (
+            e.get("evaluation")
+            for e in (study.user_attrs.get(store.ENSEMBLES_ATTR) or {}).values()
+            if e.get("member_run_ids") == [r.run_id for r in records] and bool(e.get("tta_hflip")) == args.tta
+        ),
         None,
     )
     card = export.export(
@@ -60,8 +74,10 @@ def _export_run(args: argparse.Namespace) -> int:
         return 0
     flip = ", flip averaging" if args.tta else ""
     print(f"wrote {args.format} model to {args.out}/ ({card['file']}, model_card.json, model_card.md)")
-    print(f"{len(records)} member(s) from study {args.study}{flip}; input uint8 (N, 48, 48, 1), output "
-          f"probabilities of {', '.join(card['classes'])}")
+    print(
+        f"{len(records)} member(s) from study {args.study}{flip}; input uint8 (N, 48, 48, 1), output "
+        f"probabilities of {', '.join(card['classes'])}"
+    )
     for member in card["members"]:
         print(
             f"  {member['run']} ({member['run_id']}): val {_accuracy_text(member['validation_accuracy'])}, "
@@ -75,5 +91,9 @@ def _export_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("export", "write a study's best run or an ensemble as a model to use (keras, saved_model, onnx)",
-                  _export_arguments, _export_run)
+COMMAND = Command(
+    "export",
+    "write a study's best run or an ensemble as a model to use (keras, saved_model, onnx)",
+    _export_arguments,
+    _export_run,
+)

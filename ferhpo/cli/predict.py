@@ -48,7 +48,9 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument(
-        "inputs", nargs="*", metavar="PATH",
+        "inputs",
+        nargs="*",
+        metavar="PATH",
         help="without --study, first MODEL (a folder written by 'ferhpo export'); then image files, "
         "or folders searched recursively for images (.jpg .jpeg .png .bmp .gif .tif .tiff .webp .pgm .ppm .pnm)",
     )
@@ -63,11 +65,17 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     run_choice.add_argument("--run", metavar="NAME", help="use this baseline run of the study (a preset name)")
     p.add_argument("--tta", action="store_true", help="average each face with its mirror image (test-time flip)")
     output_format = p.add_mutually_exclusive_group()
-    output_format.add_argument("--json", action="store_true",
-                     help="print a JSON list: file, face, box [x, y, w, h], class, probabilities (in class order), error")
+    output_format.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list: file, face, box [x, y, w, h], class, probabilities (in class order), error",
+    )
     output_format.add_argument("--csv", action="store_true", help="print CSV: one row per face, one column per class probability")
-    p.add_argument("--annotate", metavar="DIR",
-                   help="write a copy of each photo with its faces boxed and labelled into DIR (created if needed)")
+    p.add_argument(
+        "--annotate",
+        metavar="DIR",
+        help="write a copy of each photo with its faces boxed and labelled into DIR (created if needed)",
+    )
 
 
 # --------------------------------------------------------------------------- the inputs
@@ -138,9 +146,7 @@ def collect_sources(paths: list[str], exclude: Path | None = None) -> list[Sourc
             continue
         for dirpath, dirnames, filenames in os.walk(root):
             here = Path(dirpath)
-            dirnames[:] = sorted(
-                d for d in dirnames if not d.startswith(".") and (skip is None or (here / d).resolve() != skip)
-            )
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (skip is None or (here / d).resolve() != skip))
             for name in sorted(filenames):
                 if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                     add(here / name, (here / name).relative_to(root))
@@ -273,9 +279,11 @@ def _predict_run(args: argparse.Namespace) -> int:
             continue
         boxes = faces.find_faces(gray)
         if not boxes:
-            message = (f"no face found in {source.path} (expected an upright frontal face at least 1/"
-                       f"{faces.MIN_FACE_FRACTION} of the photo's shorter side and {faces.MIN_FACE} px wide, "
-                       f"or a 48x48 face crop)")
+            message = (
+                f"no face found in {source.path} (expected an upright frontal face at least 1/"
+                f"{faces.MIN_FACE_FRACTION} of the photo's shorter side and {faces.MIN_FACE} px wide, "
+                f"or a 48x48 face crop)"
+            )
             rows.append(Row(str(source.path), error=message))
             print(f"{PROG}: {message}", file=sys.stderr)
         face_rows = []

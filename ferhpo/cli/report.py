@@ -20,10 +20,16 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format", default="md,html,csv,json", help="comma-separated formats: md, html, csv, json (default: all four)"
     )
-    p.add_argument("--top", type=positive_int, default=10, metavar="K",
-                   help="trials tested against the best baseline (bootstrap interval, McNemar; default 10)")
-    p.add_argument("--baseline-study", metavar="NAME",
-                   help="study holding reproduced baseline runs (default: 'baseline' when it exists)")
+    p.add_argument(
+        "--top",
+        type=positive_int,
+        default=10,
+        metavar="K",
+        help="trials tested against the best baseline (bootstrap interval, McNemar; default 10)",
+    )
+    p.add_argument(
+        "--baseline-study", metavar="NAME", help="study holding reproduced baseline runs (default: 'baseline' when it exists)"
+    )
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap resampling (default 0)")
 
 

@@ -59,8 +59,12 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         help="validation objective to maximise (never test data); add ',params' to search the "
         "accuracy / model-size trade-off with NSGA-II (default: val_accuracy)",
     )
-    p.add_argument("--trials", type=positive_int, default=20, help="trials the study should reach (default 20); "
-                   "a rerun continues up to this number")
+    p.add_argument(
+        "--trials",
+        type=positive_int,
+        default=20,
+        help="trials the study should reach (default 20); a rerun continues up to this number",
+    )
     p.add_argument("--timeout", type=positive_int, metavar="SECONDS", help="stop starting new trials after this long")
     p.add_argument("--study", help="study name (default: <space>-<engine>-<budget>); rerunning the same command resumes it")
     add_storage_argument(p, example="e.g. postgresql://user@host/db for several machines")
@@ -68,15 +72,20 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         "--budget",
         choices=list(BUDGETS),
         default="full",
-        help="epochs and images per trial: " + "; ".join(f"{b.name}: {b.describe()}" for b in BUDGETS.values())
+        help="epochs and images per trial: "
+        + "; ".join(f"{b.name}: {b.describe()}" for b in BUDGETS.values())
         + " (default: full; its 200 epochs are Hyperband's maximum resource)",
     )
     p.add_argument("--max-epochs", type=positive_int, metavar="N", help="override the budget's epochs per trial")
     p.add_argument(
         "--workers", type=positive_int, default=1, help="worker processes on this machine sharing the study (default 1)"
     )
-    p.add_argument("--protocol", choices=["holdout", "canonical"], default="holdout",
-                   help="split protocol: validation from Training (holdout, default) or PublicTest (canonical)")
+    p.add_argument(
+        "--protocol",
+        choices=["holdout", "canonical"],
+        default="holdout",
+        help="split protocol: validation from Training (holdout, default) or PublicTest (canonical)",
+    )
     p.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of the splits, the initialisation and the sampler (default 0)"
     )
@@ -119,11 +128,8 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tensorboard",
         metavar="DIR",
-        help="write each run's curves for TensorBoard into DIR/<run and key hyperparameters>/ "
-        "(then: tensorboard --logdir DIR)",
+        help="write each run's curves for TensorBoard into DIR/<run and key hyperparameters>/ (then: tensorboard --logdir DIR)",
     )
-
-
 
 
 def _resolve_engine_options(args: argparse.Namespace, objectives: tuple[str, ...]) -> tuple[str, str]:
@@ -236,8 +242,11 @@ def _search_run(args: argparse.Namespace) -> int:
 
         adopted = adopt_finished(study, settings)
         if adopted:
-            print(f"search: entered {len(adopted)} trial(s) that finished while the storage was away: "
-                  f"{', '.join(f'trial {n}' for n in adopted)}", flush=True)
+            print(
+                f"search: entered {len(adopted)} trial(s) that finished while the storage was away: "
+                f"{', '.join(f'trial {n}' for n in adopted)}",
+                flush=True,
+            )
         outcome = run_optuna(settings, study, live.update)
     else:
         import_keras()  # KerasTuner loads Keras: keep the backend's start-up log quiet
@@ -260,14 +269,19 @@ def _search_run(args: argparse.Namespace) -> int:
     _print_top(study, settings)
     from ferhpo.progress import clock
 
-    print(f"study '{study_name}': {c['done']} trial(s) ({kept}) in {clock(outcome.elapsed)}; "
-          f"ferhpo report --study {study_name} ranks them against the baselines")
+    print(
+        f"study '{study_name}': {c['done']} trial(s) ({kept}) in {clock(outcome.elapsed)}; "
+        f"ferhpo report --study {study_name} ranks them against the baselines"
+    )
     if c["failed"] and not c["complete"]:
         # Pruned trials are the pruner's work, not failures; but a search that completed
         # nothing and failed some did not do its job.
         logs = Path(settings.study_dir) / study_name / "trial-*" / "trial.log"
-        print(f"{PROG}: error: no trial completed and {c['failed']} failed; the reasons are in the report "
-              f"(ferhpo report --study {study_name}) and the trial logs ({logs})", file=sys.stderr)
+        print(
+            f"{PROG}: error: no trial completed and {c['failed']} failed; the reasons are in the report "
+            f"(ferhpo report --study {study_name}) and the trial logs ({logs})",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -364,8 +378,6 @@ class _LiveLine:
         self.drawn = 0
 
 
-
-
 def _print_top(study, settings) -> None:
     from ferhpo.engines.runner import pareto_records, top_records
     from ferhpo.engines.trial import objective_value
@@ -385,8 +397,10 @@ def _print_top(study, settings) -> None:
 
     defaults = load_space(settings.space_path).defaults()
     print(title)
-    print(f"{'rank':>4}  {'trial':<10}{settings.objectives[0]:>14}{'test acc':>10}{'params':>12}{'epochs':>8}  "
-          "hyperparameters (those not at the space's default)")
+    print(
+        f"{'rank':>4}  {'trial':<10}{settings.objectives[0]:>14}{'test acc':>10}{'params':>12}{'epochs':>8}  "
+        "hyperparameters (those not at the space's default)"
+    )
     for rank, r in enumerate(rows, 1):
         test = r.test_accuracy
         changed = {k: v for k, v in r.hyperparameters.items() if defaults.get(k, object()) != v}

@@ -13,8 +13,11 @@ from ferhpo.cli.common import (
 
 
 def _status_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--study", help="one study: counts, running trials (epoch, last value, heartbeat), best, time left "
-                   "(default: every study in the storage)")
+    p.add_argument(
+        "--study",
+        help="one study: counts, running trials (epoch, last value, heartbeat), best, time left "
+        "(default: every study in the storage)",
+    )
     add_storage_argument(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 

@@ -44,8 +44,7 @@ def evaluate(records: list[store.RunRecord], data: FER2013, *, tta_hflip: bool =
             )
         if r.protocol != first.protocol or r.budget != first.budget:
             raise DeployError(
-                f"runs {first.run} and {r.run} differ in protocol or budget; expected the members of one ensemble to "
-                f"share them"
+                f"runs {first.run} and {r.run} differ in protocol or budget; expected the members of one ensemble to share them"
             )
     budget = Budget(**first.budget)
     seeds = sorted({int(r.split_seed) for r in records})

@@ -97,9 +97,17 @@ def export(
         raise DeployError(f"cannot write export folder {out} ({exc.strerror or exc}); expected a writable path") from None
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)
-        card = _write(records, fmt=fmt, folder=tmp, tta_hflip=tta_hflip, study_name=study_name, storage=storage,
-                      evaluation=evaluation,
-                      root=root, verify=verify)
+        card = _write(
+            records,
+            fmt=fmt,
+            folder=tmp,
+            tta_hflip=tta_hflip,
+            study_name=study_name,
+            storage=storage,
+            evaluation=evaluation,
+            root=root,
+            verify=verify,
+        )
         _fsync_tree(tmp)
         try:
             os.replace(tmp, out)  # an empty folder at `out` is replaced; a non-empty one refuses
@@ -157,8 +165,18 @@ def _write(records, *, fmt, folder: Path, tta_hflip, study_name, storage, root, 
         predict = _predictor(fmt, folder, tuple(probe.shape[1:]))
         names = predict.names
         verified = _verify(fmt, predict, probe, expected) if verify else None
-    card = model_card(records, fmt=fmt, tta_hflip=tta_hflip, study_name=study_name, storage=storage, evaluation=evaluation,
-                      params=int(model.count_params()), verified=verified, extra=extra, names=names)
+    card = model_card(
+        records,
+        fmt=fmt,
+        tta_hflip=tta_hflip,
+        study_name=study_name,
+        storage=storage,
+        evaluation=evaluation,
+        params=int(model.count_params()),
+        verified=verified,
+        extra=extra,
+        names=names,
+    )
     write_json(folder / CARD, card)
     with atomic_open(folder / CARD_MD, "w") as f:
         f.write(card_markdown(card))
@@ -321,8 +339,11 @@ def model_card(
         "data_fingerprint": fingerprints[0] if len(fingerprints) == 1 else fingerprints,
         "evaluation": {k: {m: v.get(m) for m in ("accuracy", "macro_f1", "n")} for k, v in (evaluation or {}).items()} or None,
         "accuracy_note": "validation and test accuracies of the members are each member's own, as recorded; "
-        + ("'evaluation' is this ensemble's, measured by ferhpo ensemble" if evaluation
-           else "an ensemble or flip averaging was not evaluated (ferhpo ensemble measures one)"),
+        + (
+            "'evaluation' is this ensemble's, measured by ferhpo ensemble"
+            if evaluation
+            else "an ensemble or flip averaging was not evaluated (ferhpo ensemble measures one)"
+        ),
         "verified": verified,
         "versions": versions,
         "environment": environment,

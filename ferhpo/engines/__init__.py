@@ -94,9 +94,7 @@ class SearchSettings:
 def parse_objectives(text: str) -> tuple[str, ...]:
     """`val_accuracy`, `macro_f1`, or one of them with `params` for the size trade-off."""
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    valid = (
-        len(parts) == 1 and parts[0] in OBJECTIVES
-    ) or (len(parts) == 2 and parts[0] in OBJECTIVES and parts[1] == "params")
+    valid = (len(parts) == 1 and parts[0] in OBJECTIVES) or (len(parts) == 2 and parts[0] in OBJECTIVES and parts[1] == "params")
     if not valid:
         raise ConfigError(
             f"--objective must be val_accuracy, macro_f1, or one of them followed by ',params' "

@@ -107,7 +107,9 @@ def plan(
             name = f"{source.run}-seed{seed}"
             key = runs.run_key(name, model, train, chosen, source.protocol, fingerprint)
             same_run = (
-                i == 0 and dataclasses.asdict(chosen) == source.budget and dataclasses.asdict(train) == source.train
+                i == 0
+                and dataclasses.asdict(chosen) == source.budget
+                and dataclasses.asdict(train) == source.train
                 and source.data_fingerprint == fingerprint
             )
             items.append(

@@ -42,9 +42,7 @@ def _oracle(settings: SearchSettings, objective: keras_tuner.Objective):
     if kind == "random":
         return keras_tuner.oracles.RandomSearchOracle(objective=objective, max_trials=settings.trials, seed=settings.seed)
     if kind == "gp":
-        return keras_tuner.oracles.BayesianOptimizationOracle(
-            objective=objective, max_trials=settings.trials, seed=settings.seed
-        )
+        return keras_tuner.oracles.BayesianOptimizationOracle(objective=objective, max_trials=settings.trials, seed=settings.seed)
     if kind == "hyperband":
         oracle = keras_tuner.oracles.HyperbandOracle(
             objective=objective, max_epochs=settings.max_epochs, factor=3, seed=settings.seed

@@ -123,8 +123,11 @@ class Worker:
                     if self.lost is None:
                         raise
                     number, folder = self.lost
-                    print(f"trial {number} was taken for dead by another worker and retried there; "
-                          f"this attempt's result is dropped", flush=True)
+                    print(
+                        f"trial {number} was taken for dead by another worker and retried there; "
+                        f"this attempt's result is dropped",
+                        flush=True,
+                    )
                     shutil.rmtree(folder, ignore_errors=True)
                     self.lost = None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
@@ -214,8 +217,10 @@ class Worker:
             trial.set_user_attr(store.INTERRUPTED_ATTR, True)  # not the configuration's fault: retried
             trial.set_user_attr(store.DISK_FULL_ATTR, outcome.error)
             self.study.enqueue_trial(dict(trial.params), skip_if_exists=False)
-            raise DiskFull(f"trial {mine} failed: {outcome.error}; it is re-queued with the same parameters: free "
-                           f"space under {folder.parent} and rerun the same command")
+            raise DiskFull(
+                f"trial {mine} failed: {outcome.error}; it is re-queued with the same parameters: free "
+                f"space under {folder.parent} and rerun the same command"
+            )
         if outcome.error is not None:
             return self._fail(trial, outcome.error)
 

@@ -49,9 +49,7 @@ class TrialSeededRandomSampler(optuna.samplers.BaseSampler):
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         draw_seed = zlib.crc32(f"{self._seed}/{trial.number}/{param_name}".encode())
-        return optuna.samplers.RandomSampler(seed=draw_seed).sample_independent(
-            study, trial, param_name, param_distribution
-        )
+        return optuna.samplers.RandomSampler(seed=draw_seed).sample_independent(study, trial, param_name, param_distribution)
 
 
 def make_sampler(name: str, space: Space, seed: int, *, study_seed: int = 0) -> optuna.samplers.BaseSampler:

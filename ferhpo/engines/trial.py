@@ -287,6 +287,7 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
             publish()
             if not report:
                 return
+
             def report_and_ask():
                 trial.report(value, epoch + 1)
                 faults.point("trial-reported")
@@ -487,8 +488,7 @@ def _disk_full(exc: BaseException) -> bool:
     """Whether `exc` (or its cause) is a write that failed for want of space: ENOSPC, a
     quota, or a file-size limit (h5py words these in its own message)."""
     return any(
-        (isinstance(e, OSError) and e.errno in _FULL) or any(word in str(e).lower() for word in _FULL_WORDS)
-        for e in chain(exc)
+        (isinstance(e, OSError) and e.errno in _FULL) or any(word in str(e).lower() for word in _FULL_WORDS) for e in chain(exc)
     )
 
 

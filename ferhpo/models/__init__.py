@@ -21,6 +21,4 @@ def build_model(config: DenseNetConfig | ResNetConfig) -> keras.Model:
         return build_densenet(config)
     if isinstance(config, ResNetConfig):
         return build_resnet(config)
-    raise TypeError(
-        f"build_model expects a DenseNetConfig or ResNetConfig, but got {type(config).__name__}"
-    )
+    raise TypeError(f"build_model expects a DenseNetConfig or ResNetConfig, but got {type(config).__name__}")

@@ -79,7 +79,13 @@ def resnet_layer(
 def projection_shortcut(x, filters: int, *, strides: int, l2: float, name: str):
     """The 1x1 convolution (no BN, no activation) that matches a block's output shape."""
     return resnet_layer(
-        x, filters, kernel_size=1, strides=strides, activation=None, batch_normalization=False, l2=l2,
+        x,
+        filters,
+        kernel_size=1,
+        strides=strides,
+        activation=None,
+        batch_normalization=False,
+        l2=l2,
         name=name + "_shortcut",
     )
 

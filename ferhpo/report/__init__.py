@@ -181,5 +181,3 @@ def _missing_parents(folder: Path) -> list[Path]:
             break
         folder = folder.parent
     return missing
-
-

@@ -48,17 +48,55 @@ PROTOCOL_SEES = {"seed-densenet": ("test", "test_public", "test_private"), "cano
 
 #: Every column of the machine-readable rows (CSV, JSON), in order.
 COLUMNS = (
-    "rank", "kind", "run", "trial_number", "study", "engine", "sampler", "pruner", "family",
-    "key_hyperparameters", "hyperparameters", "status", "epochs", "max_epochs", "budget", "protocol",
-    "objective", "objective_value", "best_val_accuracy",
-    "test_accuracy", "test_images", "test_private_accuracy", "test_public_accuracy", "macro_f1",
-    "params", "train_seconds", "wall_seconds", "images_per_second",
-    "best_reference", "diff_best_reference_pts", "family_reference", "diff_family_reference_pts",
-    "baseline_run", "diff_baseline_pts",
-    "verdict", "ci_low_pts", "ci_high_pts", "mcnemar_b", "mcnemar_c", "p_value", "test_method",
-    "images_compared", "comparison_note",
-    "seed_runs", "seed_mean_test_accuracy", "seed_std_test_accuracy",
-    "selection_used_test", "pareto", "note",
+    "rank",
+    "kind",
+    "run",
+    "trial_number",
+    "study",
+    "engine",
+    "sampler",
+    "pruner",
+    "family",
+    "key_hyperparameters",
+    "hyperparameters",
+    "status",
+    "epochs",
+    "max_epochs",
+    "budget",
+    "protocol",
+    "objective",
+    "objective_value",
+    "best_val_accuracy",
+    "test_accuracy",
+    "test_images",
+    "test_private_accuracy",
+    "test_public_accuracy",
+    "macro_f1",
+    "params",
+    "train_seconds",
+    "wall_seconds",
+    "images_per_second",
+    "best_reference",
+    "diff_best_reference_pts",
+    "family_reference",
+    "diff_family_reference_pts",
+    "baseline_run",
+    "diff_baseline_pts",
+    "verdict",
+    "ci_low_pts",
+    "ci_high_pts",
+    "mcnemar_b",
+    "mcnemar_c",
+    "p_value",
+    "test_method",
+    "images_compared",
+    "comparison_note",
+    "seed_runs",
+    "seed_mean_test_accuracy",
+    "seed_std_test_accuracy",
+    "selection_used_test",
+    "pareto",
+    "note",
 )
 
 _STATUS_ORDER = {"complete": 0, "pruned": 1, "failed": 2}
@@ -125,10 +163,18 @@ def build_content(data: StudyData, references: list[Reference], *, top: int = 10
         if isinstance(item, Failure):
             row = _empty_row()
             row.update(
-                rank=rank, kind="trial", run=item.run, trial_number=item.number, study=data.name, status="failed",
+                rank=rank,
+                kind="trial",
+                run=item.run,
+                trial_number=item.number,
+                study=data.name,
+                status="failed",
                 key_hyperparameters=key_hyperparameters(item.hyperparameters, defaults),
-                hyperparameters=dict(item.hyperparameters), note=f"failed: {item.error}",
-                engine=(data.settings or {}).get("engine"), objective=objective, verdict="n/a",
+                hyperparameters=dict(item.hyperparameters),
+                note=f"failed: {item.error}",
+                engine=(data.settings or {}).get("engine"),
+                objective=objective,
+                verdict="n/a",
             )
             rows.append(row)
             continue
@@ -158,8 +204,12 @@ def build_content(data: StudyData, references: list[Reference], *, top: int = 10
         references=references,
         rows=rows,
         comparisons=[
-            {"run": r.name, "rank": next(k for k, it in ranked if it is r), "test_accuracy": r.record.test_accuracy,
-             **comparisons[r.record.run_id].to_dict()}
+            {
+                "run": r.name,
+                "rank": next(k for k, it in ranked if it is r),
+                "test_accuracy": r.record.test_accuracy,
+                **comparisons[r.record.run_id].to_dict(),
+            }
             for r in complete[:top]
         ],
         best=best,
@@ -273,10 +323,16 @@ def _reference_row(
     row = _empty_row()
     family_ref = family_reference(refs, ref.family)
     # A reported number is a full-budget run of the full dataset under its protocol.
-    baseline = best_baseline if (
-        best_baseline is not None and best_baseline.record.protocol == ref.protocol
-        and best_baseline.record.budget.get("name") == "full" and not best_baseline.record.budget.get("train_limit")
-    ) else None
+    baseline = (
+        best_baseline
+        if (
+            best_baseline is not None
+            and best_baseline.record.protocol == ref.protocol
+            and best_baseline.record.budget.get("name") == "full"
+            and not best_baseline.record.budget.get("train_limit")
+        )
+        else None
+    )
     sees = PROTOCOL_SEES.get(ref.protocol, ())
     notes = ["reported by the reference study"]
     if sees:
@@ -306,5 +362,3 @@ def _reference_row(
         note="; ".join(notes),
     )
     return row
-
-

@@ -143,8 +143,7 @@ def seed_groups(
     bar: list[Run] = []
     if reference is not None:
         bar = groups.get(seed_key(reference.record), [reference])
-    matrix_b = stats.correct_matrix([stats.load_predictions(p) if (p := r.artifact("test_predictions")) else None
-                                     for r in bar])
+    matrix_b = stats.correct_matrix([stats.load_predictions(p) if (p := r.artifact("test_predictions")) else None for r in bar])
     out, member = [], {}
     for members in groups.values():
         if len(members) < 2:
@@ -166,14 +165,20 @@ def seed_groups(
             "min_test_accuracy": min(accs),
             "max_test_accuracy": max(accs),
             "budget": members[0].record.budget.get("name"),
-            "reference": None, "reference_seeds": None, "images_compared": None,
-            "diff_points": None, "ci_low": None, "ci_high": None, "verdict": "n/a",
+            "reference": None,
+            "reference_seeds": None,
+            "images_compared": None,
+            "diff_points": None,
+            "ci_low": None,
+            "ci_high": None,
+            "verdict": "n/a",
             "reason": "" if bar else "no reproduced baseline to compare with",
         }
         if bar and not is_reference:
             why = why_incomparable(members[0].record, bar[0].record)
-            matrix_a = stats.correct_matrix([stats.load_predictions(p) if (p := m.artifact("test_predictions")) else None
-                                             for m in members])
+            matrix_a = stats.correct_matrix(
+                [stats.load_predictions(p) if (p := m.artifact("test_predictions")) else None for m in members]
+            )
             if why is not None:
                 group["reason"] = f"not tested against {bar[0].name}: {why}"
             elif matrix_a is None or matrix_b is None:
@@ -185,8 +190,13 @@ def seed_groups(
                 else:
                     diff, low, high = stats.bootstrap_seeds(matrix_a[0][:, ia], matrix_b[0][:, ib], seed=seed)
                     group.update(
-                        reference=bar[0].name, reference_seeds=len(bar), images_compared=int(common.size),
-                        diff_points=diff, ci_low=low, ci_high=high, verdict=stats.verdict_from_interval(low, high),
+                        reference=bar[0].name,
+                        reference_seeds=len(bar),
+                        images_compared=int(common.size),
+                        diff_points=diff,
+                        ci_low=low,
+                        ci_high=high,
+                        verdict=stats.verdict_from_interval(low, high),
                     )
         out.append(group)
         for m in members:
@@ -206,10 +216,16 @@ def ensemble_rows(data: StudyData, best: Run | None, baseline: Run | None, *, se
         rel = (e.get("artifacts") or {}).get("test_predictions")
         mine = stats.load_predictions(root / data.name / rel) if rel else None
         row = {
-            "name": e.get("name"), "members": list(e.get("members") or []), "tta_hflip": bool(e.get("tta_hflip")),
-            "val_accuracy": acc("val"), "test_accuracy": acc("test"), "test_public_accuracy": acc("test_public"),
-            "test_private_accuracy": acc("test_private"), "macro_f1": (ev.get("test") or {}).get("macro_f1"),
-            "test_images": (ev.get("test") or {}).get("n"), "note": e.get("validation_note") or "",
+            "name": e.get("name"),
+            "members": list(e.get("members") or []),
+            "tta_hflip": bool(e.get("tta_hflip")),
+            "val_accuracy": acc("val"),
+            "test_accuracy": acc("test"),
+            "test_public_accuracy": acc("test_public"),
+            "test_private_accuracy": acc("test_private"),
+            "macro_f1": (ev.get("test") or {}).get("macro_f1"),
+            "test_images": (ev.get("test") or {}).get("n"),
+            "note": e.get("validation_note") or "",
         }
         for label, other in (("best_single", best), ("baseline", baseline)):
             if other is None:

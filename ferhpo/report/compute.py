@@ -59,8 +59,9 @@ def time_breakdown(runs: list[Run]) -> dict[str, Any] | None:
     begin = min(start for start, _ in intervals)
     span = max(start + wall for start, wall in intervals) - begin
     # the most runs going at once: +1 at each start, -1 at each end (ends first on ties)
-    events = sorted([(start, 1) for start, _ in intervals] + [(start + wall, -1) for start, wall in intervals],
-                    key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(start, 1) for start, _ in intervals] + [(start + wall, -1) for start, wall in intervals], key=lambda e: (e[0], e[1])
+    )
     going = workers = 0
     for _, step in events:
         going += step

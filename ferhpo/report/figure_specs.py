@@ -46,18 +46,27 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
     label = "trial" if d.is_search else "run"
 
     # optimization history
-    pts = [(r.number if r.number is not None else i, r.objective, r.status)
-           for i, r in enumerate(runs) if r.objective is not None and r.status in ("complete", "pruned")]
+    pts = [
+        (r.number if r.number is not None else i, r.objective, r.status)
+        for i, r in enumerate(runs)
+        if r.objective is not None and r.status in ("complete", "pruned")
+    ]
     spec = FigureSpec(
-        "optimization_history", "Optimization history",
+        "optimization_history",
+        "Optimization history",
         f"{objective_label(objective).capitalize()} of each {label} in the order the study ran them "
         f"(crosses: pruned {label}s at the best epoch they reached), with the best value found so far.",
     )
     if pts:
         baseline = None
         bb, best = c.best_baseline, c.best
-        if (bb is not None and best is not None and objective == "val_accuracy"
-                and bb.record.protocol == best.record.protocol and bb.record.budget == best.record.budget):
+        if (
+            bb is not None
+            and best is not None
+            and objective == "val_accuracy"
+            and bb.record.protocol == best.record.protocol
+            and bb.record.budget == best.record.budget
+        ):
             baseline = (f"best baseline {bb.name} (validation)", bb.record.best_val_accuracy)
         spec.draw = lambda path, pts=pts, baseline=baseline: figures.optimization_history(
             pts, path, objective=objective, baseline=baseline
@@ -74,7 +83,8 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
         if values:
             curves.append((r.name, values, r.status))
     spec = FigureSpec(
-        "intermediate_values", "Validation curves",
+        "intermediate_values",
+        "Validation curves",
         f"{objective_label(objective).capitalize()} after each epoch of every {label}: complete {label}s solid, "
         f"pruned ones dashed and ending in a cross at the epoch where the pruner stopped them.",
     )
@@ -87,7 +97,8 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
     # importance
     values, why = importance(d, runs)
     spec = FigureSpec(
-        "param_importance", "Hyperparameter importance",
+        "param_importance",
+        "Hyperparameter importance",
         f"Share of the variation in {objective_label(objective)} across complete trials attributed to each "
         f"hyperparameter (Optuna's PED-ANOVA evaluator; few trials make it a rough guide).",
     )
@@ -108,7 +119,8 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
         axes = axes[:MAX_PARALLEL_AXES]
         capped = f" Only the {MAX_PARALLEL_AXES} {'most important ' if values else 'first '}varying hyperparameters are drawn."
     spec = FigureSpec(
-        "parallel_coordinates", "Parallel coordinates of the top trials",
+        "parallel_coordinates",
+        "Parallel coordinates of the top trials",
         f"Hyperparameters of the top {len(top)} complete trials, one line each, coloured by {objective_label(objective)}; "
         f"each axis spans the values drawn (categories evenly spaced).{capped}",
     )
@@ -118,17 +130,22 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
     else:
         spec.reason = (
             f"needs at least 2 complete trials with searched hyperparameters; the study has {len(top)}"
-            if len(top) < 2 else "every top trial drew the same hyperparameters"
+            if len(top) < 2
+            else "every top trial drew the same hyperparameters"
         )
     specs.append(spec)
 
     # learning curves: best trial against the best baseline
     spec = FigureSpec(
-        "learning_curves", "Learning curves",
+        "learning_curves",
+        "Learning curves",
         "Accuracy and loss per epoch of the best trial"
         + (f" ({c.best.name})" if c.best else "")
-        + (f" against the best reproduced baseline ({c.best_baseline.name})" if c.best_baseline and c.best
-           and c.best_baseline.record.run_id != c.best.record.run_id else "")
+        + (
+            f" against the best reproduced baseline ({c.best_baseline.name})"
+            if c.best_baseline and c.best and c.best_baseline.record.run_id != c.best.record.run_id
+            else ""
+        )
         + ": validation solid, training dashed.",
     )
     histories = []
@@ -144,28 +161,43 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
     specs.append(spec)
 
     # accuracy against parameters
-    measured_trials = [(r.name, r.record.params, r.record.test_accuracy) for r in runs
-                       if r.status == "complete" and r.record.test_accuracy is not None and r.record.kind == "trial"]
+    measured_trials = [
+        (r.name, r.record.params, r.record.test_accuracy)
+        for r in runs
+        if r.status == "complete" and r.record.test_accuracy is not None and r.record.kind == "trial"
+    ]
     ranked_ids = {r.record.run_id for r in runs}
-    baseline_runs = ([r for r in runs if r.record.kind == "baseline"]
-                     + [r for r in d.baselines if r.record.run_id not in ranked_ids])
-    measured_base = [(f"{r.name} ({r.record.budget.get('name')})", r.record.params, r.record.test_accuracy)
-                     for r in baseline_runs if r.status == "complete" and r.record.test_accuracy is not None]
+    baseline_runs = [r for r in runs if r.record.kind == "baseline"] + [
+        r for r in d.baselines if r.record.run_id not in ranked_ids
+    ]
+    measured_base = [
+        (f"{r.name} ({r.record.budget.get('name')})", r.record.params, r.record.test_accuracy)
+        for r in baseline_runs
+        if r.status == "complete" and r.record.test_accuracy is not None
+    ]
     reported = [(ref.name, ref.params, ref.accuracy) for ref in c.references]
     measured = [(p, a) for _, p, a in measured_trials + measured_base]
     front = figures.pareto_front(measured)
-    highlight = [(r.record.params, r.record.test_accuracy) for r in runs
-                 if d.pareto and r.name in d.pareto and r.record.test_accuracy is not None]
-    groups = [("trials", "trial", measured_trials), ("reproduced baselines", "baseline", measured_base),
-              ("reported references", "reported", reported)]
+    highlight = [
+        (r.record.params, r.record.test_accuracy)
+        for r in runs
+        if d.pareto and r.name in d.pareto and r.record.test_accuracy is not None
+    ]
+    groups = [
+        ("trials", "trial", measured_trials),
+        ("reproduced baselines", "baseline", measured_base),
+        ("reported references", "reported", reported),
+    ]
     spec = FigureSpec(
-        "accuracy_vs_params", "Accuracy against parameter count",
+        "accuracy_vs_params",
+        "Accuracy against parameter count",
         "Test accuracy against parameter count (log scale) of the complete trials, the reproduced baselines and "
         "the reported references, with the Pareto front of the measured runs (fewer parameters and higher accuracy).",
     )
     if measured or reported:
         spec.draw = lambda path, groups=groups, front=front, highlight=highlight: figures.accuracy_vs_params(
-            groups, path, front=front, highlight=highlight)
+            groups, path, front=front, highlight=highlight
+        )
     else:
         spec.reason = "no run has a test accuracy"
     specs.append(spec)
@@ -173,7 +205,8 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
     # where the time went
     t = c.compute.get("time")
     spec = FigureSpec(
-        "time_phases", "Where the time went",
+        "time_phases",
+        "Where the time went",
         "Wall time of each run by phase (process start-up and imports, data, model build, graph tracing, "
         "training steps, validation, test evaluation, writing results, the rest), and the study's wall time "
         "(its span times its workers) split the same way, idle workers included.",
@@ -186,7 +219,8 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
 
     # confusion matrix of the best trial
     spec = FigureSpec(
-        "confusion_matrix", "Confusion matrix of the best trial",
+        "confusion_matrix",
+        "Confusion matrix of the best trial",
         f"Test-set confusion matrix of the best {label}"
         + (f" ({c.best.name})" if c.best else "")
         + ": rows are the true classes, columns the predicted ones; each cell gives the count and the share of its row.",

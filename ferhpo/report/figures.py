@@ -103,8 +103,12 @@ def optimization_history(
         ax.step(xs, ys, where="post", color=_COMPLETE, alpha=0.6, label="best so far")
     if pruned:
         ax.scatter(
-            [n for n, _ in pruned], _pct([v for _, v in pruned]), color=_PRUNED, marker="x",
-            label="pruned trial (best epoch before pruning)", zorder=3,
+            [n for n, _ in pruned],
+            _pct([v for _, v in pruned]),
+            color=_PRUNED,
+            marker="x",
+            label="pruned trial (best epoch before pruning)",
+            zorder=3,
         )
     if baseline is not None:
         ax.axhline(100.0 * baseline[1], color=_BASELINE, linestyle=":", label=baseline[0])
@@ -188,6 +192,7 @@ def parallel_coordinates(
     categories, in axis order). Each axis is scaled to its own range; its ends are
     labelled with their values. A trial lacking a (conditional) parameter skips that axis.
     """
+
     def position(kind, values, value):
         if value is None:
             return None
@@ -260,8 +265,12 @@ def learning_curves_compared(
                 values = history.get(key) or []
                 if values:
                     ax.plot(
-                        epochs[: len(values)], [scale * v for v in values], linestyle=style, marker=marker,
-                        color=color, label=f"{label}, {split}",
+                        epochs[: len(values)],
+                        [scale * v for v in values],
+                        linestyle=style,
+                        marker=marker,
+                        color=color,
+                        label=f"{label}, {split}",
                     )
     acc_ax.set_ylabel("accuracy (%)")
     loss_ax.set_ylabel("loss (cross-entropy)")
@@ -306,19 +315,36 @@ def accuracy_vs_params(
     for label, kind, items in groups:
         if not items:
             continue
-        ax.scatter([p for _, p, _ in items], [100 * a for _, _, a in items], label=label, s=45, zorder=3,
-                   **styles[kind])
+        ax.scatter([p for _, p, _ in items], [100 * a for _, _, a in items], label=label, s=45, zorder=3, **styles[kind])
         if kind != "trial" or len(items) <= 12:
             for name, p, a in items:
                 ax.annotate(name, (p, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if front:
         xs = [p for p, _ in front]
         ys = [100 * a for _, a in front]
-        ax.plot(xs, ys, drawstyle="steps-post", color="black", linewidth=1.2, marker="o", markersize=13,
-                markerfacecolor="none", label="Pareto front (measured runs)", zorder=2)
+        ax.plot(
+            xs,
+            ys,
+            drawstyle="steps-post",
+            color="black",
+            linewidth=1.2,
+            marker="o",
+            markersize=13,
+            markerfacecolor="none",
+            label="Pareto front (measured runs)",
+            zorder=2,
+        )
     if highlight:
-        ax.scatter([p for p, _ in highlight], [100 * a for _, a in highlight], s=160, facecolors="none",
-                   edgecolors="tab:green", linewidths=1.5, label="study's Pareto front (validation)", zorder=4)
+        ax.scatter(
+            [p for p, _ in highlight],
+            [100 * a for _, a in highlight],
+            s=160,
+            facecolors="none",
+            edgecolors="tab:green",
+            linewidths=1.5,
+            label="study's Pareto front (validation)",
+            zorder=4,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("parameters (count, log scale)")
     ax.set_ylabel("test accuracy (%)")
@@ -338,8 +364,15 @@ def confusion_matrix(confusion: list[list[int]], classes: list[str], path: str |
     image = ax.imshow(100 * share, cmap="Blues", vmin=0, vmax=100)
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
-            ax.text(j, i, f"{int(counts[i, j])}\n{100 * share[i, j]:.0f}%", ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.55 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(counts[i, j])}\n{100 * share[i, j]:.0f}%",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.55 else "black",
+            )
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted class")
@@ -354,8 +387,18 @@ def time_phases(per_run: list[tuple[str, dict[str, float]]], path: str | Path, *
     time in percent (the runs' phases summed, plus `idle` worker seconds)."""
     names = list(per_run[0][1]) if per_run else []
     # training steps in green, the overheads in other colours
-    palette = ["tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:green", "tab:cyan", "tab:pink", "tab:brown",
-               "tab:olive", "tab:gray"]
+    palette = [
+        "tab:blue",
+        "tab:orange",
+        "tab:purple",
+        "tab:red",
+        "tab:green",
+        "tab:cyan",
+        "tab:pink",
+        "tab:brown",
+        "tab:olive",
+        "tab:gray",
+    ]
     fig = Figure(figsize=(10, 2.2 + 0.32 * len(per_run)), layout="constrained")
     runs_ax, total_ax = fig.subplots(2, 1, height_ratios=[max(len(per_run), 1), 1.6])
     labels = [name for name, _ in per_run]

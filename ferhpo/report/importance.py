@@ -96,9 +96,7 @@ def importance(data: StudyData, runs: list[Run]) -> tuple[dict[str, float] | Non
             study = optuna.create_study(direction=cast(Literal["minimize", "maximize"], direction))
             study.add_trials(built)
             try:
-                result = optuna.importance.get_param_importances(
-                    study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
-                )
+                result = optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 return None, f"Optuna could not evaluate importance ({reason})"

@@ -223,8 +223,7 @@ def load_study(
     if not runs and not failures:
         more = f" ({running} trial(s) still running: try again when one has finished)" if running else ""
         raise StoreError(
-            f"study {name!r} in {resolved} holds no finished runs{more}; expected at least one complete, "
-            f"pruned or failed run"
+            f"study {name!r} in {resolved} holds no finished runs{more}; expected at least one complete, pruned or failed run"
         )
     settings = study.user_attrs.get(SEARCH_ATTR)
     pareto = study.user_attrs.get(PARETO_ATTR)

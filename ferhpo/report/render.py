@@ -111,12 +111,16 @@ COMPARISON: list[tuple[str, Callable[[dict], str]]] = [
     ("note", lambda c: c["reason"] or ""),
 ]
 
+
 def _vs(label: str) -> Callable[[dict], str]:
     def cell(e: dict) -> str:
         if e[f"{label}_diff_points"] is None:
             return "–"
-        return (f"{e[f'{label}_diff_points']:+.2f} [{e[f'{label}_ci_low']:+.2f}, {e[f'{label}_ci_high']:+.2f}] "
-                f"{e[f'{label}_verdict']}")
+        return (
+            f"{e[f'{label}_diff_points']:+.2f} [{e[f'{label}_ci_low']:+.2f}, {e[f'{label}_ci_high']:+.2f}] "
+            f"{e[f'{label}_verdict']}"
+        )
+
     return cell
 
 
@@ -129,8 +133,10 @@ ENSEMBLES: list[tuple[str, Callable[[dict], str]]] = [
     ("PrivateTest", lambda e: _num(".4f")(e["test_private_accuracy"])),
     ("PublicTest", lambda e: _num(".4f")(e["test_public_accuracy"])),
     ("macro-F1", lambda e: _num(".4f")(e["macro_f1"])),
-    ("best single model (by val)",
-     lambda e: f"{e['best_single']} ({_num('.4f')(e['best_single_accuracy'])})" if e["best_single"] else "–"),
+    (
+        "best single model (by val)",
+        lambda e: f"{e['best_single']} ({_num('.4f')(e['best_single_accuracy'])})" if e["best_single"] else "–",
+    ),
     ("Δ best single, 95% CI, verdict (pts)", _vs("best_single")),
     ("Δ baseline, 95% CI, verdict (pts)", _vs("baseline")),
     ("note", lambda e: e["note"]),
@@ -161,8 +167,10 @@ SEEDS: list[tuple[str, Callable[[dict], str]]] = [
     ("min", lambda g: f"{g['min_test_accuracy']:.4f}"),
     ("max", lambda g: f"{g['max_test_accuracy']:.4f}"),
     ("Δ reference (pts)", lambda g: _pts(g["diff_points"])),
-    ("95% CI over seeds and images (pts)",
-     lambda g: "–" if g["ci_low"] is None else f"[{g['ci_low']:+.2f}, {g['ci_high']:+.2f}]"),
+    (
+        "95% CI over seeds and images (pts)",
+        lambda g: "–" if g["ci_low"] is None else f"[{g['ci_low']:+.2f}, {g['ci_high']:+.2f}]",
+    ),
     ("verdict", lambda g: "–" if g["role"] == "reference" else g["verdict"]),
     ("runs", lambda g: ", ".join(g["runs"])),
 ]
@@ -193,8 +201,14 @@ def markdown(c: ReportContent, *, generated: str, figures: list[FigureSpec], dra
     out = [f"# Report: study `{d.name}`", "", f"Generated {generated} from `{d.url}`.", "", "## Summary", ""]
     out += [f"- {line}" for line in c.summary]
     ranked, rest = _reference_split(c.rows)
-    out += ["", "## Ranking", "", f"Ranked by {objective_label(d.objective_name)}; the reference configurations follow, "
-            "each reported number beside its reproduced runs.", ""]
+    out += [
+        "",
+        "## Ranking",
+        "",
+        f"Ranked by {objective_label(d.objective_name)}; the reference configurations follow, "
+        "each reported number beside its reproduced runs.",
+        "",
+    ]
     out += _md_table(TABLE, ranked)
     out += ["", "### Reference configurations: reported and reproduced", ""]
     out += _md_table(TABLE, rest)
@@ -252,10 +266,34 @@ figcaption { color: #444; font-size: 0.9rem; margin-top: 0.3rem; }
 ul.notes { font-size: 0.85rem; color: #444; }
 """
 
-_NUMERIC = {"rank", "epochs", "best val acc", "test acc", "test images", "PrivateTest", "PublicTest", "macro-F1", "params",
-            "train time", "images/s", "Δ best ref (pts)", "Δ family ref (pts)", "Δ baseline (pts)", "McNemar p",
-            "images compared", "trial acc", "baseline acc", "Δ (pts)", "b (trial only right)", "c (baseline only right)",
-            "n", "mean test acc", "sd", "min", "max"}
+_NUMERIC = {
+    "rank",
+    "epochs",
+    "best val acc",
+    "test acc",
+    "test images",
+    "PrivateTest",
+    "PublicTest",
+    "macro-F1",
+    "params",
+    "train time",
+    "images/s",
+    "Δ best ref (pts)",
+    "Δ family ref (pts)",
+    "Δ baseline (pts)",
+    "McNemar p",
+    "images compared",
+    "trial acc",
+    "baseline acc",
+    "Δ (pts)",
+    "b (trial only right)",
+    "c (baseline only right)",
+    "n",
+    "mean test acc",
+    "sd",
+    "min",
+    "max",
+}
 
 
 _WIDE = {"key hyperparameters": "wide", "notes": "wider", "note": "wider", "trial": "name", "runs": "wide"}
@@ -308,22 +346,32 @@ def page(c: ReportContent, *, generated: str, figures: list[FigureSpec], folder:
         f"<p>Ranked by {_e(objective_label(d.objective_name))}; the reference configurations follow, each reported "
         "number beside its reproduced runs.</p>",
         _html_table(
-            TABLE, ranked + rest,
+            TABLE,
+            ranked + rest,
             row_class=lambda r: r["kind"],
             sections=[(len(ranked), "Reference configurations: reported and reproduced")],
         ),
         '<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in c.footnotes) + "</ul>",
         f"<h2>Against the best baseline (top {c.top})</h2>",
         _html_table(COMPARISON, c.comparisons) if c.comparisons else "<p>No complete run to compare.</p>",
-        *(["<h2>Ensembles</h2>", f"<p>{html.escape(ENSEMBLES_NOTE)}</p>", _html_table(ENSEMBLES, c.ensembles)]
-          if c.ensembles else []),
+        *(
+            ["<h2>Ensembles</h2>", f"<p>{html.escape(ENSEMBLES_NOTE)}</p>", _html_table(ENSEMBLES, c.ensembles)]
+            if c.ensembles
+            else []
+        ),
         "<h2>Seeds</h2>",
-        (f"<p>{html.escape(SEEDS_NOTE)}</p>" + _html_table(SEEDS, c.seed_groups)
-         if c.seed_groups else "<p>No configuration was run with more than one seed.</p>"),
+        (
+            f"<p>{html.escape(SEEDS_NOTE)}</p>" + _html_table(SEEDS, c.seed_groups)
+            if c.seed_groups
+            else "<p>No configuration was run with more than one seed.</p>"
+        ),
     ]
     if d.failures:
-        parts.append("<h2>Failed trials</h2><ul>" + "".join(
-            f"<li>{_e(f.run)} (trial {f.number}): {_e(f.error)}</li>" for f in d.failures) + "</ul>")
+        parts.append(
+            "<h2>Failed trials</h2><ul>"
+            + "".join(f"<li>{_e(f.run)} (trial {f.number}): {_e(f.error)}</li>" for f in d.failures)
+            + "</ul>"
+        )
     parts.append("<h2>Figures</h2>")
     for spec in figures:
         if spec.name in drawn:
@@ -357,8 +405,18 @@ def _clean(value):
 def csv_text(c: ReportContent) -> str:
     frame = pd.DataFrame([{k: row[k] for k in COLUMNS} for row in c.rows], columns=list(COLUMNS))
     frame["hyperparameters"] = [json.dumps(_clean(h), sort_keys=True) if h else "" for h in frame["hyperparameters"]]
-    for column in ("rank", "trial_number", "epochs", "max_epochs", "test_images", "params", "mcnemar_b", "mcnemar_c",
-                   "images_compared", "seed_runs"):
+    for column in (
+        "rank",
+        "trial_number",
+        "epochs",
+        "max_epochs",
+        "test_images",
+        "params",
+        "mcnemar_b",
+        "mcnemar_c",
+        "images_compared",
+        "seed_runs",
+    ):
         frame[column] = frame[column].astype("Int64")
     return frame.to_csv(index=False, lineterminator="\n")
 
@@ -372,23 +430,43 @@ def json_text(c: ReportContent, *, generated: str, figures: list[FigureSpec], dr
         "generated": generated,
         "snapshot": d.running > 0,
         "summary": c.summary,
-        "best": None if best is None else {
-            "run": best.name, "trial_number": best.number, "objective": best.objective,
-            "test_accuracy": best.record.test_accuracy, "hyperparameters": best.record.hyperparameters,
+        "best": None
+        if best is None
+        else {
+            "run": best.name,
+            "trial_number": best.number,
+            "objective": best.objective,
+            "test_accuracy": best.record.test_accuracy,
+            "hyperparameters": best.record.hyperparameters,
             "run_id": best.record.run_id,
         },
-        "baseline": None if c.best_baseline is None else {
-            "run": c.best_baseline.name, "run_id": c.best_baseline.record.run_id, "study": c.best_baseline.record.study,
-            "budget": c.best_baseline.record.budget.get("name"), "test_accuracy": c.best_baseline.record.test_accuracy,
+        "baseline": None
+        if c.best_baseline is None
+        else {
+            "run": c.best_baseline.name,
+            "run_id": c.best_baseline.record.run_id,
+            "study": c.best_baseline.record.study,
+            "budget": c.best_baseline.record.budget.get("name"),
+            "test_accuracy": c.best_baseline.record.test_accuracy,
         },
         "compute": c.compute,
         "comparisons": c.comparisons,
         "seed_groups": c.seed_groups,
         "ensembles": c.ensembles,
-        "failures": [{"run": f.run, "trial_number": f.number, "error": f.error, "hyperparameters": f.hyperparameters}
-                     for f in d.failures],
-        "figures": [{"name": s.name, "file": s.file if s.name in drawn else None, "title": s.title,
-                     "caption": s.caption, "drawn": s.name in drawn, "reason": s.reason or None} for s in figures],
+        "failures": [
+            {"run": f.run, "trial_number": f.number, "error": f.error, "hyperparameters": f.hyperparameters} for f in d.failures
+        ],
+        "figures": [
+            {
+                "name": s.name,
+                "file": s.file if s.name in drawn else None,
+                "title": s.title,
+                "caption": s.caption,
+                "drawn": s.name in drawn,
+                "reason": s.reason or None,
+            }
+            for s in figures
+        ],
         "notes": c.notes,
         "footnotes": c.footnotes,
         "columns": list(COLUMNS),

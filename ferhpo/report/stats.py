@@ -53,7 +53,7 @@ def not_available(reason: str) -> Comparison:
 
 
 def verdict_from_interval(low: float, high: float) -> str:
-    """"beats" if the whole interval is above zero, "loses" if below, else "ties"."""
+    """ "beats" if the whole interval is above zero, "loses" if below, else "ties"."""
     if low > 0:
         return "beats"
     if high < 0:

@@ -81,7 +81,8 @@ def best_run_paragraph(c: ReportContent, best_ref: Reference | None) -> list[str
     r = best.record
     config = (
         ", ".join(f"{key}={format_brief(v)}" for key, v in r.hyperparameters.items())
-        if r.hyperparameters else describe_model(r.family, r.model, r.train)
+        if r.hyperparameters
+        else describe_model(r.family, r.model, r.train)
     )
     test = r.test_accuracy
     halves = ""
@@ -191,7 +192,9 @@ def seeds_paragraph(c: ReportContent) -> list[str]:
     top = max(tested, key=lambda g: g["mean_val_accuracy"])  # chosen on validation, as always
     against = (
         f"the reference {bar['runs'][0].rsplit('-seed', 1)[0]} ({bar['n']} seeds: {bar['mean_test_accuracy']:.4f} "
-        f"± {bar['std_test_accuracy']:.4f})" if bar else f"the reference run {top['reference']}"
+        f"± {bar['std_test_accuracy']:.4f})"
+        if bar
+        else f"the reference run {top['reference']}"
     )
     return [
         f"Over seeds: the best configuration by mean validation accuracy, {top['runs'][0].rsplit('-seed', 1)[0]}, "
@@ -239,7 +242,9 @@ def footnotes(c: ReportContent) -> list[str]:
     family_refs = {r.family: family_reference(c.references, r.family) for r in c.references}
     notes = [
         f"Differences are in percentage points of test accuracy: 100 x (row - reference). Best reference: "
-        f"{best_ref.name} ({best_ref.accuracy:.4f})." if best_ref else "No reported references.",
+        f"{best_ref.name} ({best_ref.accuracy:.4f})."
+        if best_ref
+        else "No reported references.",
         "Family reference: the best reported configuration of the row's family ("
         + ", ".join(f"{f}: {r.name} {r.accuracy:.4f}" for f, r in sorted(family_refs.items()) if r is not None)
         + ").",

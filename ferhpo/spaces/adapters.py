@@ -38,9 +38,7 @@ def sample(
         value = source(p, active)
         if active:
             if value is None:
-                raise ConfigError(
-                    f"{space.path}: parameter {p.name!r}: the tuner gave no value for an active parameter"
-                )
+                raise ConfigError(f"{space.path}: parameter {p.name!r}: the tuner gave no value for an active parameter")
             values[p.name] = p.coerce(value)
     return values
 

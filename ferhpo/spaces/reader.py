@@ -57,9 +57,7 @@ def load_space(name_or_path: str | Path | Space, *, family: str | None = None) -
         space = name_or_path
     else:
         text = str(name_or_path)
-        looks_like_path = (
-            isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text or "\\" in text
-        )
+        looks_like_path = isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text or "\\" in text
         known = known_spaces()
         hint = f"known spaces: {', '.join(known) or '(none)'} (or give the path of a .toml file)"
         if looks_like_path:
@@ -72,9 +70,7 @@ def load_space(name_or_path: str | Path | Space, *, family: str | None = None) -
             raise ConfigError(f"unknown search space {text!r}; {hint}")
         space = parse_space(path)
     if family is not None and space.family != family:
-        raise ConfigError(
-            f"{space.path}: a {family!r} space is needed here, but got family={space.family!r}"
-        )
+        raise ConfigError(f"{space.path}: a {family!r} space is needed here, but got family={space.family!r}")
     return space
 
 
@@ -124,9 +120,7 @@ class _Reader:
             raise self.fail(f"[fixed] must be a table of config fields, but got fixed={fixed!r}")
         for key in fixed:
             if key not in self.model_fields and key not in self.train_fields:
-                raise self.fail(
-                    f"[fixed] {key!r} is not a field of {self.model_name} or TrainConfig; {self.known_fields()}"
-                )
+                raise self.fail(f"[fixed] {key!r} is not a field of {self.model_name} or TrainConfig; {self.known_fields()}")
 
         raw_params = doc.get("params", {})
         if not isinstance(raw_params, dict):
@@ -147,10 +141,7 @@ class _Reader:
         return space
 
     def known_fields(self) -> str:
-        return (
-            f"known fields: {self.model_name}: {', '.join(self.model_fields)}; "
-            f"TrainConfig: {', '.join(self.train_fields)}"
-        )
+        return f"known fields: {self.model_name}: {', '.join(self.model_fields)}; TrainConfig: {', '.join(self.train_fields)}"
 
     # -- one parameter ------------------------------------------------------
 
@@ -176,7 +167,7 @@ class _Reader:
         if not isinstance(target, str) or (target not in self.model_fields and target not in self.train_fields):
             raise self.fail(
                 f"unknown parameter: field {target!r} is not a field of {self.model_name} or TrainConfig "
-                f"(set field = \"...\" to target one); {self.known_fields()}",
+                f'(set field = "..." to target one); {self.known_fields()}',
                 name,
             )
         if target in fixed:
@@ -240,21 +231,16 @@ class _Reader:
                 )
             off_grid = abs(span - round(span)) > 1e-9 * max(1.0, span)
             if (kind == "int" and (high - low) % step) or (kind == "float" and off_grid):
-                raise self.fail(
-                    f"high - low must be a multiple of step, but got low={low!r}, high={high!r}, step={step!r}", name
-                )
+                raise self.fail(f"high - low must be a multiple of step, but got low={low!r}, high={high!r}, step={step!r}", name)
         if log and low <= 0:
             raise self.fail(f"log = true needs low > 0, but got low={low!r}", name)
         if not low <= default <= high:
-            raise self.fail(
-                f"default must lie in [low, high], but got default={default!r}, low={low!r}, high={high!r}", name
-            )
+            raise self.fail(f"default must lie in [low, high], but got default={default!r}, low={low!r}, high={high!r}", name)
         if step is not None:
             k = (default - low) / step
             if abs(k - round(k)) > 1e-9 * max(1.0, k):
                 raise self.fail(
-                    f"default must be on the step grid low + k * step, but got default={default!r}, "
-                    f"low={low!r}, step={step!r}",
+                    f"default must be on the step grid low + k * step, but got default={default!r}, low={low!r}, step={step!r}",
                     name,
                 )
         if kind == "int" and step is None and not log:
@@ -274,13 +260,11 @@ class _Reader:
             if isinstance(value, bool):
                 raise self.fail(
                     f"choices must be integers, floats or strings (write true/false choices as "
-                    f"type = \"bool\"), but got choices={_show(choices)}",
+                    f'type = "bool"), but got choices={_show(choices)}',
                     name,
                 )
             if not isinstance(value, (int, float, str)) or (isinstance(value, float) and not math.isfinite(value)):
-                raise self.fail(
-                    f"choices must be integers, floats or strings, but got choices={choices!r}", name
-                )
+                raise self.fail(f"choices must be integers, floats or strings, but got choices={choices!r}", name)
         if len({type(v) for v in choices}) > 1:
             raise self.fail(
                 f"choices must all have one type (write 0.0, not 0, among floats), but got choices={_show(choices)}",
@@ -288,9 +272,7 @@ class _Reader:
             )
         repeated = [v for i, v in enumerate(choices) if v in choices[:i]]
         if repeated:
-            raise self.fail(
-                f"choices must be distinct, but got choices={_show(choices)} ({_toml(repeated[0])} repeated)", name
-            )
+            raise self.fail(f"choices must be distinct, but got choices={_show(choices)} ({_toml(repeated[0])} repeated)", name)
         default = raw["default"]
         if not _member(default, tuple(choices)) or type(default) is not type(choices[0]):
             raise self.fail(
@@ -315,8 +297,7 @@ class _Reader:
                 raise self.fail(f"when cannot name the parameter itself, but got when={{{parent_name} = ...}}", name)
             declared = ", ".join(before) or "(none)"
             raise self.fail(
-                f"when must name a parameter declared before this one, but got {parent_name!r}; "
-                f"declared before: {declared}",
+                f"when must name a parameter declared before this one, but got {parent_name!r}; declared before: {declared}",
                 name,
             )
         parent = before[parent_name]
@@ -328,15 +309,12 @@ class _Reader:
             )
         if parent.type not in ("categorical", "bool"):
             raise self.fail(
-                f"when's parent {parent_name!r} must be of type 'categorical' or 'bool', "
-                f"but got type={parent.type!r}",
+                f"when's parent {parent_name!r} must be of type 'categorical' or 'bool', but got type={parent.type!r}",
                 name,
             )
         values = values if isinstance(values, list) else [values]
         if not values:
-            raise self.fail(
-                f"when needs at least one value of {parent_name!r}, but got when={{{parent_name} = []}}", name
-            )
+            raise self.fail(f"when needs at least one value of {parent_name!r}, but got when={{{parent_name} = []}}", name)
         assert parent.candidates is not None  # a categorical or bool parent (checked above)
         bad = [v for v in values if not _member(v, parent.candidates)]
         if bad:

@@ -127,8 +127,7 @@ class Param:
             if _same(value, choice) or (not isinstance(choice, bool) and choice == value):
                 return choice
         raise ConfigError(
-            f"parameter {self.name!r}: value must be one of the choices {_show(self.choices)}, "
-            f"but got {self.name}={value!r}"
+            f"parameter {self.name!r}: value must be one of the choices {_show(self.choices)}, but got {self.name}={value!r}"
         )
 
 
@@ -168,9 +167,7 @@ class Space:
         unknown = [key for key in values if key not in names]
         if unknown:
             known = ", ".join(p.name for p in self.params) or "(none)"
-            raise ConfigError(
-                f"{self.path}: unknown parameter {unknown[0]!r} in the values; parameters: {known}"
-            )
+            raise ConfigError(f"{self.path}: unknown parameter {unknown[0]!r} in the values; parameters: {known}")
         resolved: dict[str, Any] = {}
         for p in self.params:
             if p.active(resolved):
@@ -205,8 +202,7 @@ class Space:
         """
         if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 3:
             raise ConfigError(
-                "grid max_values must be an integer >= 3 (low, default and high), "
-                f"but got max_values={max_values!r}"
+                f"grid max_values must be an integer >= 3 (low, default and high), but got max_values={max_values!r}"
             )
         return {p.name: _grid_values(p, max_values) for p in self.params}
 
@@ -295,15 +291,9 @@ def _grid_values(p: Param, max_values: int) -> list:
         grid = p.float_grid()
         points = [grid[i] for i in _spread(len(grid), max_values)]
     elif p.log:
-        points = [
-            _round_in(low * (high / low) ** (i / (max_values - 1)), low, high)
-            for i in range(max_values)
-        ]
+        points = [_round_in(low * (high / low) ** (i / (max_values - 1)), low, high) for i in range(max_values)]
     else:
-        points = [
-            _round_in(low + (high - low) * i / (max_values - 1), low, high)
-            for i in range(max_values)
-        ]
+        points = [_round_in(low + (high - low) * i / (max_values - 1), low, high) for i in range(max_values)]
     points[0], points[-1] = low, high
     return _with_default(sorted(set(points)), p.default, max_values, log=p.log)
 

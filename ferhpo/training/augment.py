@@ -31,9 +31,9 @@ def training_model(core: keras.Model, train: TrainConfig) -> keras.Model:
             )(x)
         if train.zoom > 0:
             # Zoom in or out by up to `zoom` (width follows height: aspect ratio kept).
-            x = keras.layers.RandomZoom(
-                (-train.zoom, train.zoom), fill_mode="nearest", seed=train.seed + 3, name="augment_zoom"
-            )(x)
+            x = keras.layers.RandomZoom((-train.zoom, train.zoom), fill_mode="nearest", seed=train.seed + 3, name="augment_zoom")(
+                x
+            )
         if train.hflip:
             x = keras.layers.RandomFlip("horizontal", seed=train.seed + 1, name="augment_flip")(x)
         if train.erasing > 0:

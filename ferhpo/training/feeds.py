@@ -124,9 +124,7 @@ def predict(model: keras.Model, images: np.ndarray, *, batch_size: int, callback
     return model.predict(ArrayFeed(images, batch_size=batch_size), verbose=0, callbacks=callbacks)
 
 
-def predict_proba(
-    model: keras.Model, images: np.ndarray, *, batch_size: int, hflip: bool = False, callbacks=None
-) -> np.ndarray:
+def predict_proba(model: keras.Model, images: np.ndarray, *, batch_size: int, hflip: bool = False, callbacks=None) -> np.ndarray:
     """Class probabilities of NHWC `images` at inference; with `hflip`, the mean of each
     image's and its horizontal mirror's (test-time augmentation), in one predict call."""
     if not hflip:

@@ -38,9 +38,7 @@ def schedule_callbacks(train: TrainConfig) -> list[keras.callbacks.Callback]:
     if train.schedule == "reference-step":
         callbacks.append(keras.callbacks.LearningRateScheduler(lambda epoch: reference_lr(epoch, train.learning_rate)))
     elif train.schedule == "cosine":
-        callbacks.append(
-            keras.callbacks.LearningRateScheduler(lambda epoch: cosine_lr(epoch, train.epochs, train.learning_rate))
-        )
+        callbacks.append(keras.callbacks.LearningRateScheduler(lambda epoch: cosine_lr(epoch, train.epochs, train.learning_rate)))
     elif train.schedule == "cosine-steps":
         callbacks.append(_CosineSteps(train.learning_rate))
     if train.plateau:
