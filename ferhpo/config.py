@@ -403,7 +403,7 @@ class Budget:
 
     "full" is the reference recipe; "cpu" trains the small models of the ``*-cpu``
     spaces on all images for a few epochs; "quick" and "smoke" are reductions for
-    machines without an accelerator. Limits take seeded subsamples (`ferhpo.data.limit_splits`),
+    machines without an accelerator. Limits take seeded subsamples (`ferhpo.splits.limit_splits`),
     and every record says which budget produced it.
     """
 

@@ -1,8 +1,8 @@
-"""FER2013 loading: image folders or the Kaggle csv -> uint8 arrays, a cache, split protocols.
+"""FER2013 loading: image folders or the Kaggle csv -> uint8 arrays, and a cache.
 
 Classes are mapped by *name* to one fixed order (`CLASSES`); every image keeps its
 origin (Training / PublicTest / PrivateTest) so the split protocols can be built
-from it. Decoded arrays are cached outside the data folder, keyed by the source's
+from it (`ferhpo.splits`). Decoded arrays are cached outside the data folder, keyed by the source's
 file listing (paths, sizes, modification times), so a warm load reads one file.
 
 This module imports numpy and pillow only: `ferhpo data summary` never loads keras.
@@ -19,7 +19,7 @@ import tempfile
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,6 @@ ORIGINS = ("Training", "PublicTest", "PrivateTest", "Test")
 TRAINING, PUBLIC, PRIVATE, TEST_UNKNOWN = range(4)
 SIZE = 48
 CSV_COLUMNS = ("emotion", "pixels", "Usage")
-PROTOCOLS = {
-    "seed-densenet": "train = all Training; validation = the whole test set (as the reference DenseNet runs did)",
-    "seed-resnet": "train = 80% of Training; validation = a seeded random 20% of Training (reference ResNet runs)",
-    "holdout": "train = 90% of Training; validation = a seeded, stratified 10% of Training (default for search)",
-    "canonical": "train = all Training; validation = PublicTest; test = PrivateTest",
-    "refit": "train = all Training; no validation: after selecting on holdout, a fixed number of epochs on every "
-    "training image, the last weights kept (ferhpo confirm --refit)",
-}
 DEFAULT_DATA = Path("data") / "fer2013"
 OBTAIN_HINT = (
     "download FER2013 from Kaggle (the image-folder version 'msambare/fer2013', or "
@@ -92,28 +84,6 @@ class FER2013:
             if mask.any():
                 out[key] = _class_counts(self.labels[mask])
         return out
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Index arrays into a FER2013 for one protocol.
-
-    `test` is always the whole test set (7,178 images), with its halves beside it, so
-    test accuracy is reportable on all three. `selection_sees` names the test subsets
-    that overlap the validation split: numbers on those are not clean test numbers.
-    """
-
-    protocol: str
-    seed: int
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    test_public: np.ndarray
-    test_private: np.ndarray
-    selection_sees: tuple[str, ...] = field(default=())
-
-    def sizes(self) -> dict[str, int]:
-        return {name: len(getattr(self, name)) for name in ("train", "val", "test", "test_public", "test_private")}
 
 
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
@@ -518,79 +488,6 @@ def _write_cache(path: Path, data: FER2013) -> None:
     for old in path.parent.glob(prefix + "*.npz"):
         if old != path:
             old.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------- protocols
-
-
-def make_splits(data: FER2013, protocol: str = "holdout", seed: int = 0) -> Splits:
-    """Index arrays for a named protocol (see PROTOCOLS); seeded and reproducible."""
-    if protocol not in PROTOCOLS:
-        raise DataError(f"unknown split protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-    train_idx = np.flatnonzero(~data.is_test)
-    test_idx = np.flatnonzero(data.is_test)
-    public = np.flatnonzero(data.origins == PUBLIC)
-    private = np.flatnonzero(data.origins == PRIVATE)
-    rng = np.random.default_rng(seed)
-    sees: tuple[str, ...] = ()
-    if protocol == "seed-densenet":
-        train, val = train_idx, test_idx
-        sees = ("test", "test_public", "test_private")
-    elif protocol == "seed-resnet":
-        perm = rng.permutation(train_idx)
-        n_val = int(round(0.2 * len(train_idx)))
-        val, train = perm[:n_val], perm[n_val:]
-    elif protocol == "holdout":
-        per_class = [train_idx[data.labels[train_idx] == c] for c in range(len(CLASSES))]
-        val = np.concatenate([rng.permutation(idx)[: int(round(0.1 * len(idx)))] for idx in per_class])
-        train = np.setdiff1d(train_idx, val)
-    elif protocol == "refit":
-        train, val = train_idx, train_idx[:0]
-    else:  # canonical
-        if (data.origins == TEST_UNKNOWN).any() or not len(public):
-            raise DataError(
-                "the canonical protocol needs to know each test image's half, but the test file names "
-                "carry no PublicTest_/PrivateTest_ prefix; expected the Kaggle names or fer2013.csv "
-                "(use --protocol holdout instead)"
-            )
-        train, val = train_idx, public
-        sees = ("test", "test_public")
-    return Splits(
-        protocol=protocol,
-        seed=seed,
-        train=np.sort(train),
-        val=np.sort(val),
-        test=test_idx,
-        test_public=public,
-        test_private=private,
-        selection_sees=sees,
-    )
-
-
-def limit_splits(
-    splits: Splits, *, train: int | None = None, val: int | None = None, test: int | None = None, seed: int = 0
-) -> Splits:
-    """Seeded subsamples of at most `train`/`val`/`test` images (the smoke and quick budgets).
-
-    The test halves keep only the images of the test subsample, so every number a
-    limited run reports is on images it was evaluated on.
-    """
-    rng = np.random.default_rng([seed, 7])
-
-    def take(indices: np.ndarray, n: int | None) -> np.ndarray:
-        if n is None or n >= len(indices):
-            return indices
-        return np.sort(rng.choice(indices, size=n, replace=False))
-
-    test_idx = take(splits.test, test)
-    return replace(
-        splits,
-        train=take(splits.train, train),
-        val=take(splits.val, val),
-        test=test_idx,
-        test_public=np.intersect1d(splits.test_public, test_idx),
-        test_private=np.intersect1d(splits.test_private, test_idx),
-    )
 
 
 def summary(data: FER2013) -> dict:

@@ -20,9 +20,10 @@ import numpy as np
 from ferhpo import store
 from ferhpo.atomic import atomic_open, write_json
 from ferhpo.config import Budget, ModelConfig, TrainConfig, model_config_to_dict
-from ferhpo.data import FER2013, Splits, limit_splits, make_splits
+from ferhpo.data import FER2013
 from ferhpo.phases import PhaseClock
 from ferhpo.report.figures import learning_curve
+from ferhpo.splits import Splits, limit_splits, make_splits
 
 
 def budgeted(train: TrainConfig, budget: Budget) -> TrainConfig:

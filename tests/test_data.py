@@ -12,8 +12,9 @@ from PIL import Image
 
 from conftest import face, tiny_items, write_csv, write_folder
 from ferhpo import data as fd
-from ferhpo.data import CLASSES, ORIGINS, PROTOCOLS, load_fer2013, make_splits
+from ferhpo.data import CLASSES, ORIGINS, load_fer2013
 from ferhpo.errors import DataError
+from ferhpo.splits import PROTOCOLS, limit_splits, make_splits
 
 
 def _by_file(data, key=lambda f: f):
@@ -257,10 +258,10 @@ def test_unknown_protocol(split_data):
 
 def test_limit_splits_is_seeded_and_consistent(split_data):
     full = make_splits(split_data, "canonical", seed=0)
-    small = fd.limit_splits(full, train=10, val=5, test=12, seed=4)
+    small = limit_splits(full, train=10, val=5, test=12, seed=4)
     assert small.sizes()["train"] == 10 and len(small.val) == 5 and len(small.test) == 12
     assert set(small.train) <= set(full.train) and set(small.val) <= set(full.val)
     assert set(small.test_public) | set(small.test_private) == set(small.test)
-    again = fd.limit_splits(full, train=10, val=5, test=12, seed=4)
+    again = limit_splits(full, train=10, val=5, test=12, seed=4)
     assert np.array_equal(again.train, small.train) and np.array_equal(again.test, small.test)
-    assert fd.limit_splits(full, train=10_000).sizes() == full.sizes()
+    assert limit_splits(full, train=10_000).sizes() == full.sizes()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from ferhpo.data import load_fer2013, make_splits
+from ferhpo.data import load_fer2013
+from ferhpo.splits import make_splits
 
 pytestmark = pytest.mark.real_data
 

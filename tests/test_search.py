@@ -237,7 +237,7 @@ class WatchedImages(np.ndarray):
 
 
 def _watched(data):
-    from ferhpo.data import make_splits
+    from ferhpo.splits import make_splits
 
     images = data.images.view(WatchedImages)
     images.log = []

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from ferhpo.config import DenseNetConfig, ResNetConfig, TrainConfig, cosine_lr, reference_lr
-from ferhpo.data import CLASSES, load_fer2013, make_splits
+from ferhpo.data import CLASSES, load_fer2013
 from ferhpo.errors import ConfigError, TrainingError
 from ferhpo.models import build_model
+from ferhpo.splits import make_splits
 from ferhpo.training import (
     TrainFeed,
     classification_metrics,

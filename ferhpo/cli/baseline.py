@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # the command line loads ferhpo.config when a command runs, n
 
 def _baseline_arguments(p: argparse.ArgumentParser) -> None:
     from ferhpo.config import BUDGETS, PRECISIONS
-    from ferhpo.data import PROTOCOLS
+    from ferhpo.splits import PROTOCOLS
 
     add_data_options(p)
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these presets (default: all five)")

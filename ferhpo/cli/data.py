@@ -15,7 +15,7 @@ from ferhpo.cli.common import (
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
-    from ferhpo.data import PROTOCOLS
+    from ferhpo.splits import PROTOCOLS
 
     sub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser, required=True)
     summary_parser = sub.add_parser(
@@ -36,7 +36,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _data_run(args: argparse.Namespace) -> int:
-    from ferhpo.data import CLASSES, make_splits, summary
+    from ferhpo.data import CLASSES, summary
+    from ferhpo.splits import make_splits
 
     data = load_data(args)
     info = summary(data)

@@ -17,9 +17,10 @@ import numpy as np
 from ferhpo import store
 from ferhpo.atomic import atomic_open, write_json
 from ferhpo.config import Budget
-from ferhpo.data import FER2013, limit_splits, make_splits
+from ferhpo.data import FER2013
 from ferhpo.deploy import DeployError
 from ferhpo.deploy.rebuild import inference_model, predict
+from ferhpo.splits import limit_splits, make_splits
 from ferhpo.training import classification_metrics
 
 ENSEMBLES_ATTR = store.ENSEMBLES_ATTR

@@ -43,7 +43,7 @@ from ferhpo.report.load import Failure, Run, StudyData
 from ferhpo.report.summary import footnotes, summary
 
 #: Test subsets that model selection saw under each reference protocol (the reported
-#: rows have no record to say so; ferhpo.data.make_splits is the source of truth).
+#: rows have no record to say so; ferhpo.splits.make_splits is the source of truth).
 PROTOCOL_SEES = {"seed-densenet": ("test", "test_public", "test_private"), "canonical": ("test", "test_public")}
 
 #: Every column of the machine-readable rows (CSV, JSON), in order.

@@ -6,7 +6,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from ferhpo.data import CLASSES, FER2013, Splits
+from ferhpo.data import CLASSES, FER2013
+from ferhpo.splits import Splits
 from ferhpo.training.feeds import predict_proba
 
 

@@ -11,8 +11,9 @@ import keras
 import numpy as np
 
 from ferhpo.config import ModelConfig, TrainConfig
-from ferhpo.data import FER2013, Splits
+from ferhpo.data import FER2013
 from ferhpo.phases import PhaseClock
+from ferhpo.splits import Splits
 from ferhpo.training.build import compiled_model
 from ferhpo.training.callbacks import DivergenceGuard, Recorder
 from ferhpo.training.evaluate import evaluate_splits
