@@ -26,6 +26,7 @@ from ferhpo.redact import redact
 
 def _search_arguments(p: argparse.ArgumentParser) -> None:
     from ferhpo.config import BUDGETS, PRECISIONS
+    from ferhpo.engines import ENGINES, PRUNERS, SAMPLERS
 
     add_data_options(p)
     p.add_argument(
@@ -36,19 +37,19 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--engine",
-        choices=["optuna", "keras-tuner"],
+        choices=ENGINES,
         default="optuna",
         help="optuna (default; several workers, any storage) or keras-tuner (one worker)",
     )
     p.add_argument(
         "--sampler",
-        choices=["tpe", "random", "grid", "cmaes", "gp", "nsga2"],
+        choices=SAMPLERS,
         help="Optuna sampler (default tpe; nsga2 for two objectives); with keras-tuner: random "
         "(RandomSearch, the default) or gp (BayesianOptimization)",
     )
     p.add_argument(
         "--pruner",
-        choices=["hyperband", "asha", "median", "none"],
+        choices=PRUNERS,
         help="per-epoch pruner (default hyperband; none for two objectives); with keras-tuner, "
         "hyperband selects the Hyperband tuner",
     )
