@@ -2,8 +2,9 @@
 
 Everything here is plain data: the model builders turn a model config into a
 ``keras.Model`` and the trainer turns a ``TrainConfig`` into a recipe. The
-module imports the standard library only, so search code and the CLI can
-validate and print configurations without importing Keras. Reading the preset
+module imports the standard library only (and `ferhpo.rates`, the learning-rate
+curves, likewise), so search code and the CLI can validate and print
+configurations without importing Keras. Reading the preset
 table and overriding fields is `ferhpo.presets`; search spaces are `ferhpo.spaces`.
 
 Each config checks itself in ``__post_init__``: an invalid one cannot be
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ferhpo.errors import ConfigError
+
+# The learning-rate curves live in ferhpo.rates (stdlib only); these names stay importable from here.
+from ferhpo.rates import SCHEDULES, cosine_lr, cosine_step_lr, reference_lr
 
 __all__ = [
     "HEADS",
@@ -44,17 +48,10 @@ __all__ = [
 #: Classifier heads: "avg4" is the reference 4x4 average pooling + flatten,
 #: "gap" is global average pooling.
 HEADS = ("avg4", "gap")
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
-#: "reference-step" is `reference_lr`; "constant" keeps the base learning rate;
-#: "cosine" is `cosine_lr` over the run's epochs; "cosine-steps" the same curve per
-#: training step (`cosine_step_lr`), which a run of a few epochs needs to anneal at all.
-SCHEDULES = ("reference-step", "constant", "cosine", "cosine-steps")
+#: "adamw" is keras.optimizers.AdamW: Adam with decoupled weight decay (needs weight_decay > 0).
+OPTIMIZERS = ("rmsprop", "adam", "sgd", "adamw")
 # Keras dtype policies: float32, or compute in bfloat16 / float16 with float32 variables.
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-
-# The reference step schedule (Keras cifar10_resnet `lr_schedule`): after each
-# epoch threshold the base rate is multiplied by the factor, later rows winning.
-_REFERENCE_STEPS = ((80, 1e-1), (120, 1e-2), (160, 1e-3), (180, 0.5e-3))
 
 
 # --------------------------------------------------------------------------
@@ -336,20 +333,37 @@ class TrainConfig:
     ``precision`` is the Keras dtype policy the layers compute in: the reference's
     float32, or mixed bfloat16 / float16 (variables and the softmax stay float32),
     faster where the hardware has units for it (`ferhpo bench` measures it).
+
+    For long budgets (issue 21; every one off by default): ``optimizer="adamw"``
+    (keras.optimizers.AdamW, decay ``weight_decay`` > 0); ``nesterov`` (SGD only; None
+    keeps SGD's Nesterov momentum); ``warmup_epochs`` (a linear rise from 0 per step,
+    before any schedule); ``ema`` (momentum of an exponential moving average of the
+    weights, which validation, the best-weights checkpoint and evaluation use); ``crop``
+    (random shifts by up to that many whole pixels, zero-filled: pad-and-crop); ``cutmix``
+    (the alpha of Beta(alpha, alpha) for CutMix, Yun et al. 2019; with ``mixup`` too,
+    each batch takes one of the two at even odds); ``tta_shift`` (the final evaluation
+    also averages the image shifted by that fraction of its size up, down, left and
+    right, and their mirrors with ``tta_hflip``).
     """
 
     optimizer: str = "adam"
+    nesterov: bool | None = None
     learning_rate: float = 1e-3
     batch_size: int = 32
     epochs: int = 200
     schedule: str = "reference-step"
+    warmup_epochs: int = 0
     plateau: bool = True
     plateau_factor: float = math.sqrt(0.1)
     plateau_patience: int = 5
     plateau_min_lr: float = 0.5e-6
     augmentation: bool = True
     shift: float = 0.1
+    crop: int = 0
     hflip: bool = True
+    cutmix: float = 0.0
+    ema: float = 0.0
+    tta_shift: float = 0.0
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     seed: int = 0
@@ -371,6 +385,20 @@ class TrainConfig:
         _int(owner, "seed", self.seed, minimum=0)
         for name in ("plateau", "augmentation", "hflip", "tta_hflip"):
             _bool(owner, name, getattr(self, name))
+        if self.nesterov is not None and self.optimizer != "sgd":
+            raise ConfigError(
+                f"{owner} nesterov applies to optimizer='sgd' only (leave it unset otherwise), "
+                f"but got nesterov={self.nesterov!r} with optimizer={self.optimizer!r}"
+            )
+        if self.nesterov is not None:
+            _bool(owner, "nesterov", self.nesterov)
+        if _int(owner, "warmup_epochs", self.warmup_epochs, minimum=0) >= self.epochs:
+            raise ConfigError(
+                f"{owner} warmup_epochs must be less than epochs (the warm-up ends before the run does), "
+                f"but got warmup_epochs={self.warmup_epochs!r} with epochs={self.epochs!r}"
+            )
+        if _int(owner, "crop", self.crop, minimum=0) >= 24:
+            raise ConfigError(f"{owner} crop must be in [0, 24) pixels (under half of 48 pixels), but got crop={self.crop!r}")
 
         # (name, lower bound, lower inclusive, upper bound, upper inclusive)
         ranges = (
@@ -384,6 +412,9 @@ class TrainConfig:
             ("zoom", 0.0, True, 1.0, False),
             ("erasing", 0.0, True, 1.0, True),
             ("mixup", 0.0, True, math.inf, False),
+            ("cutmix", 0.0, True, math.inf, False),
+            ("ema", 0.0, True, 1.0, False),
+            ("tta_shift", 0.0, True, 0.5, False),
         )
         for name, low, low_in, high, high_in in ranges:
             raw = getattr(self, name)
@@ -395,6 +426,16 @@ class TrainConfig:
                     rule = f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
                 raise ConfigError(f"{owner} {name} must be {rule}, but got {name}={raw!r}")
             _set(self, name, value)
+        if self.optimizer == "adamw" and self.weight_decay == 0:
+            raise ConfigError(
+                f"{owner} optimizer='adamw' needs weight_decay > 0 (AdamW is Adam with decoupled weight decay), "
+                f"but got weight_decay={self.weight_decay!r}"
+            )
+
+    def with_epochs(self, epochs: int) -> TrainConfig:
+        """The recipe over ``epochs`` epochs (a budget's, a rung's): a warm-up as long as the
+        run or longer is shortened to end one epoch before it (none in a run of one epoch)."""
+        return dataclasses.replace(self, epochs=epochs, warmup_epochs=max(0, min(self.warmup_epochs, epochs - 1)))
 
 
 @dataclass(frozen=True)
@@ -443,47 +484,6 @@ def get_budget(name: str, *, epochs: int | None = None, train_limit: int | None 
     budget = BUDGETS[name]
     changes: dict[str, Any] = {k: v for k, v in (("epochs", epochs), ("train_limit", train_limit)) if v is not None}
     return dataclasses.replace(budget, **changes) if changes else budget
-
-
-def reference_lr(epoch: int, base_lr: float = 1e-3) -> float:
-    """Learning rate of the reference step schedule for a 0-based ``epoch``.
-
-    The Keras cifar10_resnet convention: ``base_lr`` multiplied by 0.1 when
-    epoch > 80, 0.01 when > 120, 0.001 when > 160 and 0.0005 when > 180.
-    """
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ConfigError(f"reference_lr epoch must be an integer >= 0, but got epoch={epoch!r}")
-    factor = 1.0
-    for threshold, step_factor in _REFERENCE_STEPS:
-        if epoch > threshold:
-            factor = step_factor
-    return base_lr * factor
-
-
-def cosine_lr(epoch: int, epochs: int, base_lr: float = 1e-3) -> float:
-    """Learning rate of the cosine schedule for a 0-based ``epoch`` of ``epochs``.
-
-    ``base_lr * 0.5 * (1 + cos(pi * epoch / epochs))``: ``base_lr`` at epoch 0,
-    half of it halfway, decaying towards 0 (reached at ``epoch == epochs``, one
-    past the last epoch trained).
-    """
-    _int("cosine_lr", "epochs", epochs)
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
-        raise ConfigError(f"cosine_lr epoch must be an integer in [0, epochs={epochs}], but got epoch={epoch!r}")
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-
-
-def cosine_step_lr(step: int, total_steps: int, base_lr: float = 1e-3) -> float:
-    """Learning rate of the per-step cosine schedule at 0-based training ``step``.
-
-    ``base_lr * 0.5 * (1 + cos(pi * step / total_steps))``: `cosine_lr` evaluated at
-    every step instead of every epoch, so that a run of 3 epochs decays smoothly to 0
-    instead of training a third of its steps at each of 1, 0.75 and 0.25 of the rate.
-    """
-    _int("cosine_step_lr", "total_steps", total_steps)
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
-        raise ConfigError(f"cosine_step_lr step must be an integer in [0, total_steps={total_steps}], but got step={step!r}")
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
 
 
 # --------------------------------------------------------------------------

@@ -23,10 +23,11 @@ the model is built and compiled by `ferhpo.training.build_training_model` (the
 recipe's optimizer, label smoothing and precision), as every run's is. ``fit`` adds
 the recipe's batch size and learning-rate schedule (`ferhpo.training.schedule_callbacks`).
 
-``mixup`` uses `ferhpo.training.TrainFeed`, as `ferhpo.training.fit` does, when ``x``
-and ``y`` are arrays (a trial with mixup on and a dataset ``x`` fails with a clear
-message). Not applied here: ``tta_hflip``, which belongs to `ferhpo.training.fit`'s
-final evaluation, while a tuner scores a HyperModel by Keras' own validation
+``mixup`` and ``cutmix`` use `ferhpo.training.TrainFeed`, as `ferhpo.training.fit` does,
+when ``x`` and ``y`` are arrays (a trial with either on and a dataset ``x`` fails with a
+clear message); with ``ema``, Keras validates the moving average of the weights
+(`ferhpo.training.EMAWeights`). Not applied here: ``tta_hflip`` and ``tta_shift``,
+which belong to `ferhpo.training.fit`'s final evaluation, while a tuner scores a HyperModel by Keras' own validation
 metrics; parameters setting it are left out of the HyperModel's space and the
 recipe keeps it off. ``ferhpo search --engine keras-tuner`` runs the whole recipe.
 
@@ -45,12 +46,12 @@ import keras_tuner
 import numpy as np
 
 from ferhpo.spaces import Space, declare_keras_tuner, load_space
-from ferhpo.training import TrainFeed, build_training_model, schedule_callbacks
+from ferhpo.training import EMAWeights, TrainFeed, build_training_model, schedule_callbacks
 
 __all__ = ["NOT_APPLIED", "SpaceHyperModel", "DenseNetHyperModel", "ResNetHyperModel"]
 
 #: TrainConfig fields a HyperModel does not apply (see the module docstring).
-NOT_APPLIED = ("tta_hflip",)
+NOT_APPLIED = ("tta_hflip", "tta_shift")
 
 
 def _applicable(space: Space) -> Space:
@@ -121,26 +122,29 @@ class SpaceHyperModel(keras_tuner.HyperModel):
         learning-rate schedule, one-hot targets, and mixup when the recipe has it."""
         model_config, train = self.configs(hp)
         # The schedule (and the mixup feed) span this fit's epochs.
-        train = dataclasses.replace(train, epochs=kwargs.get("epochs", 1))
+        train = train.with_epochs(kwargs.get("epochs", 1))
         rank = len(model.input_shape)
         x = _images(x, rank)
         y = _targets(y, model_config.num_classes)
         if validation_data is not None and isinstance(validation_data, (tuple, list)):
             xv, yv, *rest = validation_data
             validation_data = (_images(xv, rank), _targets(yv, model_config.num_classes), *rest)
-        kwargs["callbacks"] = [*schedule_callbacks(train), *(kwargs.get("callbacks") or [])]
+        ema = [EMAWeights()] if train.ema > 0 else []  # before the tuner's callbacks: they see the average
+        kwargs["callbacks"] = [*schedule_callbacks(train), *ema, *(kwargs.get("callbacks") or [])]
         arrays = hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(y, "shape")
-        if train.mixup > 0:
+        if train.mixup > 0 or train.cutmix > 0:
             if not arrays:
+                name, value = ("mixup", train.mixup) if train.mixup > 0 else ("cutmix", train.cutmix)
                 raise ValueError(
-                    f"mixup (mixup={train.mixup}) needs arrays x and y, but got x of type "
-                    f"{type(x).__name__}; pass arrays, or a space without mixup"
+                    f"{name} ({name}={value}) needs arrays x and y, but got x of type "
+                    f"{type(x).__name__}; pass arrays, or a space without {name}"
                 )
             feed = TrainFeed(
                 np.asarray(x),
                 np.asarray(y),
                 batch_size=kwargs.pop("batch_size", train.batch_size),
                 alpha=train.mixup,
+                cutmix=train.cutmix,
                 epochs=train.epochs,
                 seed=train.seed,
             )

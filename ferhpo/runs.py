@@ -27,8 +27,9 @@ from ferhpo.splits import Splits, limit_splits, make_splits
 
 
 def budgeted(train: TrainConfig, budget: Budget) -> TrainConfig:
-    """The recipe with the budget's epochs."""
-    return dataclasses.replace(train, epochs=budget.epochs) if budget.epochs else train
+    """The recipe with the budget's epochs (`TrainConfig.with_epochs`: a warm-up as long
+    as the run is shortened)."""
+    return train.with_epochs(budget.epochs) if budget.epochs else train
 
 
 def budget_splits(data: FER2013, protocol: str, budget: Budget, seed: int) -> Splits:
@@ -39,7 +40,21 @@ def budget_splits(data: FER2013, protocol: str, budget: Budget, seed: int) -> Sp
 # TrainConfig fields added after runs were first recorded: left out of the key while at
 # their default, so a recipe that does not use them keeps the key it had, and finished
 # baseline runs are still found instead of being retrained.
-_ADDED_AT_DEFAULT = {"rotation": 0.0, "zoom": 0.0, "erasing": 0.0, "mixup": 0.0, "tta_hflip": False, "precision": "float32"}
+_ADDED_AT_DEFAULT = {
+    "rotation": 0.0,
+    "zoom": 0.0,
+    "erasing": 0.0,
+    "mixup": 0.0,
+    "tta_hflip": False,
+    "precision": "float32",
+    # issue 21: recipes that hold at long budgets
+    "nesterov": None,
+    "warmup_epochs": 0,
+    "crop": 0,
+    "cutmix": 0.0,
+    "ema": 0.0,
+    "tta_shift": 0.0,
+}
 
 
 def run_key(name: str, model: ModelConfig, train: TrainConfig, budget: Budget, protocol: str, fingerprint: str) -> str:

@@ -12,7 +12,8 @@ apart:
 - training never imports a tuner: a run trains the same whichever command started it;
 - a search space is data: spaces import no tuner, their adapters take an Optuna trial
   or a KerasTuner `hp` as they come;
-- the configuration imports nothing beyond ferhpo's errors, so every layer can read it;
+- the configuration imports nothing beyond ferhpo's errors and its learning-rate curves
+  (ferhpo/rates.py, which imports only the errors), so every layer can read it;
 - a storage URL is shown without its password by one function, ferhpo/redact.py, which
   imports nothing, so every layer that shows or writes a URL can use it.
 """
@@ -42,7 +43,9 @@ ALLOWED = {
     "tensorboard_logs.py": {"keras", "ferhpo.errors", "ferhpo.formatting", "ferhpo.atomic"},
     # status reads the storage only, like the report: never keras
     "status.py": {"optuna", "sqlalchemy", "ferhpo.store", "ferhpo.errors", "ferhpo.engines", "ferhpo.progress", "ferhpo.redact"},
-    "config.py": {"ferhpo.errors"},
+    "config.py": {"ferhpo.errors", "ferhpo.rates"},
+    # the learning-rate curves as plain functions: config re-exports them, training applies them
+    "rates.py": {"ferhpo.errors"},
     # the preset table and the search_spaces folder it shares with the spaces
     "presets.py": {"ferhpo.config", "ferhpo.errors"},
     "threads.py": {"ferhpo.errors"},
@@ -54,6 +57,7 @@ ALLOWED = {
         "keras",
         "numpy",
         "ferhpo.config",
+        "ferhpo.rates",
         "ferhpo.data",
         "ferhpo.splits",
         "ferhpo.models",

@@ -109,7 +109,7 @@ def plan(
             same_run = (
                 i == 0
                 and dataclasses.asdict(chosen) == source.budget
-                and dataclasses.asdict(train) == source.train
+                and train == TrainConfig(**source.train)  # a record older than a field has it at its default
                 and source.data_fingerprint == fingerprint
             )
             items.append(
@@ -125,7 +125,7 @@ def plan(
             chosen = budget or Budget(**source.budget)
             ran = max(int(source.epochs_run), 1)
             epochs = max(1, round(source.best_epoch * (chosen.epochs or ran) / ran))
-            train = dataclasses.replace(TrainConfig(**source.train), epochs=epochs)
+            train = TrainConfig(**source.train).with_epochs(epochs)
             refit_budget = dataclasses.replace(chosen, epochs=epochs)
             model = model_config_from_dict(source.model)
             name = f"{source.run}-refit"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import keras
 
@@ -13,15 +14,27 @@ from ferhpo.training.augment import training_model
 
 
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
-    kwargs = {"learning_rate": train.learning_rate}
+    """The recipe's Keras optimizer.
+
+    ``weight_decay`` is Keras 3's decoupled decay for every optimizer (each step shrinks
+    the weights by learning_rate * weight_decay); "adamw" is keras.optimizers.AdamW, which
+    is that same Adam with the decay it must have. SGD has momentum 0.9, Nesterov's unless
+    ``nesterov`` is False. With ``ema``, the optimizer keeps an exponential moving average
+    of the weights (``use_ema``, ``ema_momentum``); `fit` validates and keeps those.
+    """
+    kwargs: dict[str, Any] = {"learning_rate": train.learning_rate}
     if train.weight_decay > 0:
         kwargs["weight_decay"] = train.weight_decay
+    if train.ema > 0:
+        kwargs.update(use_ema=True, ema_momentum=train.ema)
     if train.optimizer == "rmsprop":
         return keras.optimizers.RMSprop(**kwargs)
     if train.optimizer == "adam":
         return keras.optimizers.Adam(**kwargs)
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(**kwargs)  # weight_decay > 0: TrainConfig checked it
     assert train.optimizer == "sgd", train.optimizer  # TrainConfig validated it
-    return keras.optimizers.SGD(momentum=0.9, nesterov=True, **kwargs)
+    return keras.optimizers.SGD(momentum=0.9, nesterov=train.nesterov is not False, **kwargs)
 
 
 @contextlib.contextmanager

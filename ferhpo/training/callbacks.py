@@ -1,5 +1,6 @@
 """The callbacks `fit` always adds: the divergence guard and the recorder of curves,
-best weights and phase times. Engines hand in their own (pruning, progress)."""
+best weights and phase times; with the recipe's ``ema``, `EMAWeights`. Engines hand in
+their own (pruning, progress)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,23 @@ class DivergenceGuard(keras.callbacks.Callback):
                 f"training diverged: loss became {loss} at epoch {self._epoch + 1} (batch {batch + 1}); "
                 "expected a finite loss (try a lower learning rate)"
             )
+
+
+class EMAWeights(keras.callbacks.SwapEMAWeights):
+    """Keras' SwapEMAWeights with ``swap_on_epoch=True``, for an optimizer with ``use_ema``.
+
+    Validation runs on the moving average of the weights, and so does every callback
+    after this one at an epoch's end: placed before the `Recorder`, the best-weights
+    checkpoint keeps the weights that were validated (and a resume checkpoint holds the
+    average in the model's variables, the raw weights in the optimizer's). Training goes
+    on from the raw weights at the next epoch's start. ``resumed``: the run continues
+    from such a resume checkpoint, so the average is in the model when training begins.
+    """
+
+    def __init__(self, resumed: bool = False):
+        super().__init__(swap_on_epoch=True)
+        # SwapEMAWeights' own record of where the average is (swapped back at epoch start)
+        self._ema_weights_in_model = resumed
 
 
 class Recorder(keras.callbacks.Callback):

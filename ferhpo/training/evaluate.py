@@ -1,5 +1,5 @@
 """Evaluation: accuracy, per-class recall, macro-F1 and confusion, on validation, test
-and the test set's halves."""
+and the test set's halves, with the recipe's test-time augmentation (flips, shifts)."""
 
 from __future__ import annotations
 
@@ -35,17 +35,26 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 
 
 def evaluate_splits(
-    model: keras.Model, data: FER2013, splits: Splits, images: np.ndarray, *, batch_size: int, hflip: bool, callbacks=None
+    model: keras.Model,
+    data: FER2013,
+    splits: Splits,
+    images: np.ndarray,
+    *,
+    batch_size: int,
+    hflip: bool,
+    shift: float = 0.0,
+    callbacks=None,
 ) -> tuple[dict[str, dict], np.ndarray]:
     """`classification_metrics` of `model` on validation (when there is one), test and
     each of the test set's halves present; and the predicted class of each test image.
 
     `images` are all of `data`'s images, NHWC, indexed by the splits. One predict call
     covers validation and test: one traced graph, not two. With `hflip` each image's
-    softmax is averaged with its mirror's.
+    softmax is averaged with its mirror's; with `shift` (a fraction of the image's size)
+    also with its copies shifted up, down, left and right (`feeds.tta_views`).
     """
     both = np.concatenate([splits.val, splits.test])
-    probabilities = predict_proba(model, images[both], batch_size=batch_size, hflip=hflip, callbacks=callbacks)
+    probabilities = predict_proba(model, images[both], batch_size=batch_size, hflip=hflip, shift=shift, callbacks=callbacks)
     predicted = np.argmax(probabilities, axis=-1)
     val_pred, predictions = predicted[: len(splits.val)], predicted[len(splits.val) :]
     evaluation: dict[str, dict] = {}

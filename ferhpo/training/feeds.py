@@ -1,5 +1,6 @@
-"""The inputs of a run: training batches (`TrainFeed`, mixup included), validation and
-prediction batches (`ArrayFeed`), and `predict` / `predict_proba` through them.
+"""The inputs of a run: training batches (`TrainFeed`, mixup and CutMix included),
+validation and prediction batches (`ArrayFeed`), and `predict` / `predict_proba` (with
+test-time augmentation: flips, shifts) through them.
 
 Every input is a Keras PyDataset read by `FEED_WORKERS` threads, never numpy arrays
 handed to Keras nor a tf.data pipeline of ours.
@@ -58,7 +59,11 @@ class TrainFeed(keras.utils.PyDataset):
     With ``alpha > 0`` each batch is mixed with a permutation of itself by one
     ``lam ~ Beta(alpha, alpha)``: images ``lam * a + (1 - lam) * b`` rounded back to
     uint8 (the model's input), labels mixed likewise (label smoothing is still the
-    loss's). Batch ``step`` of ``epoch`` is item ``(epoch - first_epoch) *
+    loss's). With ``cutmix > 0`` (CutMix, Yun et al. 2019, its alpha as mixup's): a
+    rectangle of about ``1 - lam`` of the image, ``lam ~ Beta(cutmix, cutmix)``, centred
+    anywhere and clipped to the image, is pasted from the partner, and the labels are mixed
+    by the pasted area. With both on, each batch is mixed by one of the two, chosen at even
+    odds (timm's switch). Batch ``step`` of ``epoch`` is item ``(epoch - first_epoch) *
     steps_per_epoch + step`` and depends only on its index, so prefetching and Keras'
     spec probing cannot change what a run sees, and a run resumed at ``first_epoch``
     sees the batches the whole run would have. Pass ``steps_per_epoch`` to
@@ -75,6 +80,7 @@ class TrainFeed(keras.utils.PyDataset):
         epochs: int,
         seed: int,
         first_epoch: int = 0,
+        cutmix: float = 0.0,
     ):
         super().__init__(workers=FEED_WORKERS)
         if len(images) != len(labels) or not len(images):
@@ -83,6 +89,7 @@ class TrainFeed(keras.utils.PyDataset):
         self.labels = labels.astype("float32", copy=False)
         self.batch_size = batch_size
         self.alpha = float(alpha)
+        self.cutmix = float(cutmix)
         self.epochs = epochs
         self.first_epoch = first_epoch
         self.seed = seed
@@ -106,15 +113,31 @@ class TrainFeed(keras.utils.PyDataset):
         epoch, step = divmod(int(index), self.steps_per_epoch)
         epoch += self.first_epoch
         idx = self._epoch_order(epoch)[step * self.batch_size : (step + 1) * self.batch_size]
-        if self.alpha <= 0:  # no mixup: the plain shuffled batch
+        if self.alpha <= 0 and self.cutmix <= 0:  # no mixing: the plain shuffled batch
             return self.images[idx], self.labels[idx]
         rng = np.random.default_rng([self.seed, epoch, step, 1])
+        if self.cutmix > 0 and (self.alpha <= 0 or rng.random() < 0.5):
+            return self._cutmix(idx, rng)
         lam = rng.beta(self.alpha, self.alpha)
         partner = rng.permutation(len(idx))
         images = self.images[idx].astype("float32")
         labels = self.labels[idx]
         mixed = np.rint(lam * images + (1.0 - lam) * images[partner])
         return np.clip(mixed, 0, 255).astype(self.images.dtype), (lam * labels + (1.0 - lam) * labels[partner]).astype("float32")
+
+    def _cutmix(self, idx: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        lam = rng.beta(self.cutmix, self.cutmix)
+        partner = rng.permutation(len(idx))
+        images, labels = self.images[idx], self.labels[idx]  # copies (fancy indexing)
+        height, width = images.shape[1:3]
+        cut = math.sqrt(1.0 - lam)
+        half_h, half_w = int(height * cut) // 2, int(width * cut) // 2
+        cy, cx = int(rng.integers(height)), int(rng.integers(width))
+        y0, y1 = max(cy - half_h, 0), min(cy + half_h, height)
+        x0, x1 = max(cx - half_w, 0), min(cx + half_w, width)
+        images[:, y0:y1, x0:x1] = images[partner, y0:y1, x0:x1]
+        kept = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)  # the labels follow the pixels
+        return images, (kept * labels + (1.0 - kept) * labels[partner]).astype("float32")
 
 
 def predict(model: keras.Model, images: np.ndarray, *, batch_size: int, callbacks=None) -> np.ndarray:
@@ -124,10 +147,35 @@ def predict(model: keras.Model, images: np.ndarray, *, batch_size: int, callback
     return model.predict(ArrayFeed(images, batch_size=batch_size), verbose=0, callbacks=callbacks)
 
 
-def predict_proba(model: keras.Model, images: np.ndarray, *, batch_size: int, hflip: bool = False, callbacks=None) -> np.ndarray:
-    """Class probabilities of NHWC `images` at inference; with `hflip`, the mean of each
-    image's and its horizontal mirror's (test-time augmentation), in one predict call."""
-    if not hflip:
+def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """NHWC `images` moved ``dy`` pixels down and ``dx`` right, the edge pixels repeated
+    into the space left (the "nearest" fill of the training shifts)."""
+    py, px = abs(dy), abs(dx)
+    padded = np.pad(images, ((0, 0), (py, py), (px, px), (0, 0)), mode="edge")
+    height, width = images.shape[1:3]
+    return padded[:, py - dy : py - dy + height, px - dx : px - dx + width]
+
+
+def tta_views(images: np.ndarray, *, hflip: bool = False, shift: float = 0.0) -> list[np.ndarray]:
+    """The views test-time augmentation averages: the images; with ``shift``, the images
+    moved by round(shift * height) pixels up and down and round(shift * width) left and
+    right (`shifted`); with ``hflip``, each of those mirrored too. 1, 2, 5 or 10 views."""
+    views = [images]
+    if shift > 0:
+        dy, dx = round(shift * images.shape[1]), round(shift * images.shape[2])
+        views += [shifted(images, d, 0) for d in (-dy, dy)] + [shifted(images, 0, d) for d in (-dx, dx)]
+    if hflip:
+        views += [view[:, :, ::-1] for view in views]
+    return views
+
+
+def predict_proba(
+    model: keras.Model, images: np.ndarray, *, batch_size: int, hflip: bool = False, shift: float = 0.0, callbacks=None
+) -> np.ndarray:
+    """Class probabilities of NHWC `images` at inference; with `hflip` and/or `shift`, the
+    mean over each image's `tta_views` (test-time augmentation), in one predict call."""
+    views = tta_views(images, hflip=hflip, shift=shift)
+    if len(views) == 1:
         return predict(model, images, batch_size=batch_size, callbacks=callbacks)
-    both = predict(model, np.concatenate([images, images[:, :, ::-1]]), batch_size=batch_size, callbacks=callbacks)
-    return (both[: len(images)] + both[len(images) :]) / 2
+    every = predict(model, np.concatenate(views), batch_size=batch_size, callbacks=callbacks)
+    return every.reshape(len(views), len(images), *every.shape[1:]).sum(axis=0) / len(views)

@@ -15,7 +15,7 @@ from ferhpo.data import FER2013
 from ferhpo.phases import PhaseClock
 from ferhpo.splits import Splits
 from ferhpo.training.build import compiled_model
-from ferhpo.training.callbacks import DivergenceGuard, Recorder
+from ferhpo.training.callbacks import DivergenceGuard, EMAWeights, Recorder
 from ferhpo.training.evaluate import evaluate_splits
 from ferhpo.training.feeds import ArrayFeed, TrainFeed, one_hot
 from ferhpo.training.resume import Resume, ResumeCheckpoint, restore
@@ -62,7 +62,9 @@ def fit(
     ends (a pruned search trial answers False: it never reads a test image, and keeps
     only its per-epoch validation, all its pruner saw). With
     ``train.tta_hflip`` the final evaluation averages each image's softmax with its
-    mirror's. A NaN or infinite training loss raises TrainingError.
+    mirror's (and with ``train.tta_shift``, with its shifted copies'). With ``train.ema``
+    the moving average of the weights is what is validated, kept as the best weights and
+    evaluated (`EMAWeights`). A NaN or infinite training loss raises TrainingError.
     A seed repeats a run exactly on JAX and PyTorch CPUs and for small TensorFlow
     models; TensorFlow's multi-threaded oneDNN kernels make full-size runs differ in
     round-off, which training then amplifies (README, "Repeatability").
@@ -95,7 +97,9 @@ def fit(
     if resume.every and resume.folder is not None:
         resumable = [ResumeCheckpoint(Path(resume.folder), resume.every, train.epochs, recorder, resumed_logs)]
     recorder.fit_called = time.perf_counter()
-    all_callbacks = [DivergenceGuard(), *schedule_callbacks(train), recorder, *callbacks, *resumable]
+    # With ema, validation and the recorder's best weights use the average (EMAWeights first).
+    ema = [EMAWeights(resumed=resume.start_from is not None)] if train.ema > 0 else []
+    all_callbacks = [DivergenceGuard(), *schedule_callbacks(train), *ema, recorder, *callbacks, *resumable]
     # Validation runs in inference mode: a larger batch than training's costs no accuracy
     # and, on a CPU, a third of the time of batch 32.
     validation_batch = max(256, train.batch_size)
@@ -105,6 +109,7 @@ def fit(
         y_train,
         batch_size=train.batch_size,
         alpha=train.mixup,
+        cutmix=train.cutmix,
         epochs=train.epochs,
         seed=train.seed,
         first_epoch=initial_epoch,
@@ -128,7 +133,14 @@ def fit(
     predictions = None
     if epochs_run and evaluate_test:
         evaluation, predictions = evaluate_splits(
-            model, data, splits, x, batch_size=validation_batch, hflip=train.tta_hflip, callbacks=[recorder]
+            model,
+            data,
+            splits,
+            x,
+            batch_size=validation_batch,
+            hflip=train.tta_hflip,
+            shift=train.tta_shift,
+            callbacks=[recorder],
         )
 
     n_train = len(splits.train)
