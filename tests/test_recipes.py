@@ -176,6 +176,18 @@ def test_a_shorter_budget_shortens_the_warm_up():
     assert budgeted(TrainConfig(), Budget("cpu", epochs=3)) == dataclasses.replace(TrainConfig(), epochs=3)
 
 
+def test_a_search_trial_of_few_epochs_shortens_the_warm_up():
+    from ferhpo.engines import SearchSettings
+
+    settings = SearchSettings(
+        study="s", storage="sqlite://", space_path="x.toml", space={}, engine="optuna", sampler="random",
+        pruner="none", objectives=("val_accuracy",), trials=1, timeout=None, budget={}, max_epochs=1,
+        protocol="holdout", seed=7, workers=1, data={}, data_fingerprint="f",
+    )  # fmt: skip
+    trial = settings.recipe(TrainConfig(warmup_epochs=2, schedule="one-cycle"), epochs=1)
+    assert (trial.epochs, trial.warmup_epochs, trial.seed, trial.schedule) == (1, 0, 7, "one-cycle")
+
+
 # --------------------------------------------------------------------------
 # Optimizers
 

@@ -57,11 +57,12 @@ class SearchSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self, train, *, epochs: int):
-        """A trial's recipe: the space's, with this search's epochs, seed and precision."""
-        changes: dict[str, Any] = {"epochs": epochs, "seed": self.seed}
+        """A trial's recipe: the space's, with this search's epochs (`TrainConfig.with_epochs`:
+        a warm-up as long as the run is shortened), seed and precision."""
+        changes: dict[str, Any] = {"seed": self.seed}
         if self.precision is not None:
             changes["precision"] = self.precision
-        return dataclasses.replace(train, **changes)
+        return dataclasses.replace(train.with_epochs(epochs), **changes)
 
     @property
     def multi_objective(self) -> bool:
