@@ -536,7 +536,7 @@ def test_fit_with_every_long_budget_option(tiny):
 
 
 # --------------------------------------------------------------------------
-# The KerasTuner HyperModel over resnet-cpu
+# The KerasTuner HyperModel over resnet-cpu-long
 
 
 def test_the_resnet_hypermodel_applies_cutmix_ema_and_warm_up_and_leaves_shift_tta_out(monkeypatch):
@@ -558,7 +558,7 @@ def test_the_resnet_hypermodel_applies_cutmix_ema_and_warm_up_and_leaves_shift_t
 
     monkeypatch.setattr(hypermodels, "TrainFeed", SpyFeed)
     monkeypatch.setattr(hypermodels, "EMAWeights", SpyEMA)
-    hypermodel = hypermodels.ResNetHyperModel("resnet-cpu")
+    hypermodel = hypermodels.ResNetHyperModel("resnet-cpu-long")
     names = {p.name for p in hypermodel.tuned_space.params}
     assert {"cutmix", "ema", "crop", "warmup_epochs", "nesterov", "weight_decay", "base_filters"} <= names
     assert not names & {"tta_hflip", "tta_shift"}

@@ -34,7 +34,7 @@ KINDS = space_text("kinds")
 
 
 def test_shipped_spaces_are_known():
-    assert known_spaces() == ["densenet", "densenet-cpu", "resnet", "resnet-cpu"]  # baseline.toml is the preset table
+    assert known_spaces() == ["densenet", "densenet-cpu", "resnet", "resnet-cpu", "resnet-cpu-long"]  # baseline.toml is the preset table
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,11 @@ def test_shipped_spaces_describe_themselves(name):
 
 
 # The CPU spaces: small models, the study's recipe of the family as the defaults.
-CPU_SPACES = [("resnet-cpu", "resnet-v1-104", 277_543), ("densenet-cpu", "densenet-c0.5", None)]
+CPU_SPACES = [
+    ("resnet-cpu", "resnet-v1-104", 277_543),
+    ("resnet-cpu-long", "resnet-v1-104", 277_543),
+    ("densenet-cpu", "densenet-c0.5", None),
+]
 
 
 @pytest.mark.parametrize(("name", "preset", "params"), CPU_SPACES)
@@ -103,7 +107,7 @@ def test_cpu_space_defaults_are_the_reference_recipe_on_a_small_model(name, pres
     keras.backend.clear_session()
 
 
-@pytest.mark.parametrize("name", ["resnet-cpu", "densenet-cpu"])
+@pytest.mark.parametrize("name", ["resnet-cpu", "resnet-cpu-long", "densenet-cpu"])
 def test_every_architecture_value_of_a_cpu_space_builds(name):
     """Each value of each architecture parameter (the others at their defaults) gives a
     model Keras builds, small enough for a CPU."""
