@@ -98,6 +98,27 @@ def tiny_folder(tmp_path) -> Path:
 
 
 @pytest.fixture
+def tiny(tiny_folder, tmp_path):
+    """The tiny folder dataset, loaded, and its canonical split."""
+    from ferhpo.data import load_fer2013
+    from ferhpo.splits import make_splits
+
+    data = load_fer2013(tiny_folder, tmp_path / "cache")
+    return data, make_splits(data, "canonical", seed=0)
+
+
+@pytest.fixture
+def fresh_keras():
+    """Keras seeded before a test and its session cleared after (modules that train in
+    process use it for every test: `pytestmark = pytest.mark.usefixtures("fresh_keras")`)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    yield
+    keras.backend.clear_session(free_memory=False)
+
+
+@pytest.fixture
 def tiny_csv(tmp_path) -> Path:
     return write_csv(tmp_path / "kaggle" / "fer2013.csv")
 
@@ -111,11 +132,21 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def ferhpo_command(*args: str) -> list[str]:
+    """The argv of the real `ferhpo` command in a fresh interpreter."""
+    return [sys.executable, "-m", "ferhpo", *args]
+
+
+def smoke_search(space: str | Path, data: str | Path, *extra: str) -> list[str]:
+    """`ferhpo search` arguments for `space` on `data` at the smoke budget, then `extra`."""
+    return ["search", "--space", str(space), "--data", str(data), "--budget", "smoke", *extra]
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, preexec_fn=None):
     """Run the real `ferhpo` command in a fresh interpreter."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "ferhpo", *args],
+        ferhpo_command(*args),
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -171,7 +202,7 @@ def wait_for(condition, timeout: float = 180.0, step: float = 0.3) -> None:
 def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """Start the real `ferhpo` command in a session of its own: only what a test signals gets a signal."""
     return subprocess.Popen(
-        [sys.executable, "-m", "ferhpo", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ferhpo_command(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **(env or {})}, start_new_session=True,
     )  # fmt: skip
 

@@ -26,11 +26,7 @@ TINY = {
 TRAIN = TrainConfig(optimizer="rmsprop", batch_size=8, seed=5)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_keras():
-    keras.utils.set_random_seed(0)
-    yield
-    keras.backend.clear_session(free_memory=False)
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 
 def _batch(n: int = 8, seed: int = 0):

@@ -23,7 +23,7 @@ import numpy as np
 import optuna
 import pytest
 
-from conftest import TINY_SPACE
+from conftest import TINY_SPACE, ferhpo_command, smoke_search
 from ferhpo import store
 from test_search import load
 
@@ -82,26 +82,9 @@ def test_a_search_survives_ten_kills(tmp_path):
 
     data = write_folder(tmp_path / "fer", tiny_items(per_class=10))
     (tmp_path / "tiny.toml").write_text(TINY_SPACE)
-    args = [
-        sys.executable,
-        "-m",
-        "ferhpo",
-        "search",
-        "--space",
-        "tiny.toml",
-        "--data",
-        str(data),
-        "--budget",
-        "smoke",
-        "--max-epochs",
-        "2",
-        "--trials",
-        str(TRIALS),
-        "--study",
-        "crash",
-        "--seed",
-        "1",
-    ]
+    args = ferhpo_command(
+        *smoke_search("tiny.toml", data, "--max-epochs", "2", "--trials", str(TRIALS), "--study", "crash", "--seed", "1")
+    )
     rng = np.random.default_rng(SEED)
     kills, finished = 0, {}
     for step, action in enumerate(_plan(rng)):

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from ferhpo.config import ResNetConfig, TrainConfig
-from ferhpo.data import CLASSES, load_fer2013
+from ferhpo.data import CLASSES
 from ferhpo.errors import ConfigError
 from ferhpo.models import build_model
 from ferhpo.rates import recipe_lr
-from ferhpo.splits import make_splits
 from ferhpo.training import (
     EMAWeights,
     RecipeRates,
@@ -62,17 +61,7 @@ REFERENCE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _fresh_keras():
-    keras.utils.set_random_seed(0)
-    yield
-    keras.backend.clear_session(free_memory=False)
-
-
-@pytest.fixture
-def tiny(tiny_folder, tmp_path):
-    data = load_fer2013(tiny_folder, tmp_path / "cache")
-    return data, make_splits(data, "canonical", seed=0)
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 
 def _numpy(variables) -> list[np.ndarray]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import optuna
 
-from conftest import TINY_SPACE
+from conftest import TINY_SPACE, ferhpo_command, smoke_search
 from ferhpo import store
 from ferhpo.engines.optuna_engine import WORKER_RSS_ATTR
 from test_search import counted, load, search
@@ -19,26 +18,9 @@ def test_one_worker_keeps_its_memory_flat_over_8_trials(small_data, workdir):
     space = workdir / "tiny.toml"  # the tiny space, as workdir holds it
     # About 10 s a trial on two cores (mostly a fresh process importing its backend): past run_cli's limit.
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ferhpo",
-            "search",
-            "--space",
-            str(space),
-            "--data",
-            str(small_data),
-            "--budget",
-            "smoke",
-            "--trials",
-            "8",
-            "--study",
-            "mem",
-            "--sampler",
-            "random",
-            "--pruner",
-            "none",
-        ],
+        ferhpo_command(
+            *smoke_search(space, small_data, "--trials", "8", "--study", "mem", "--sampler", "random", "--pruner", "none")
+        ),
         cwd=workdir,
         capture_output=True,
         text=True,

@@ -14,14 +14,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 
-from conftest import default_sigint, run_cli, space_text, wait_for
+from conftest import default_sigint, ferhpo_command, run_cli, smoke_search, space_text, wait_for
 from ferhpo import store
 
 
@@ -32,7 +31,7 @@ def space(workdir) -> Path:
 
 
 def search(space: Path, data: Path, *args: str, cwd: Path, env: dict | None = None):
-    return run_cli("search", "--space", str(space), "--data", str(data), "--budget", "smoke", *args, cwd=cwd, env=env)
+    return run_cli(*smoke_search(space, data, *args), cwd=cwd, env=env)
 
 
 def load(cwd: Path, name: str):
@@ -126,24 +125,7 @@ def test_rerun_continues_the_study_and_keeps_finished_trials(small_data, space, 
 
 
 def test_ctrl_c_stops_cleanly_and_queues_the_interrupted_trial(small_data, space, workdir):
-    args = [
-        sys.executable,
-        "-m",
-        "ferhpo",
-        "search",
-        "--space",
-        str(space),
-        "--data",
-        str(small_data),
-        "--budget",
-        "smoke",
-        "--max-epochs",
-        "3",
-        "--trials",
-        "2",
-        "--study",
-        "c",
-    ]
+    args = ferhpo_command(*smoke_search(space, small_data, "--max-epochs", "3", "--trials", "2", "--study", "c"))
     proc = subprocess.Popen(
         args,
         cwd=workdir,

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from ferhpo.config import DenseNetConfig, ResNetConfig, TrainConfig, cosine_lr, reference_lr
-from ferhpo.data import CLASSES, load_fer2013
+from ferhpo.data import CLASSES
 from ferhpo.errors import ConfigError, TrainingError
 from ferhpo.models import build_model
-from ferhpo.splits import make_splits
 from ferhpo.training import (
     TrainFeed,
     classification_metrics,
@@ -29,17 +28,7 @@ SMALLEST = DenseNetConfig(growth_rate=4, num_blocks=2, layers_per_block=1, head=
 AUGMENT_LAYERS = ("augment_shift", "augment_rotation", "augment_zoom", "augment_flip", "augment_erasing")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_keras():
-    keras.utils.set_random_seed(0)
-    yield
-    keras.backend.clear_session(free_memory=False)
-
-
-@pytest.fixture
-def tiny(tiny_folder, tmp_path):
-    data = load_fer2013(tiny_folder, tmp_path / "cache")
-    return data, make_splits(data, "canonical", seed=0)
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 
 def test_metrics_on_a_constructed_case():
