@@ -6,13 +6,12 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import default_sigint, run_cli, space_text, write_folder
+from conftest import default_sigint, ferhpo_command, run_cli, space_text, write_folder
 from test_cli import _assert_one_line_error
 
 # The study's table: exact parameter counts, trainable + non-trainable.
@@ -50,18 +49,14 @@ def inputs(workdir) -> Path:
     return workdir
 
 
+def _baseline_args(workdir: Path, *args: str) -> list[str]:
+    """`ferhpo baseline` on the inputs fixture's data, cache and preset table, then `args`."""
+    inputs = ["--data", str(workdir / "fer"), "--cache-dir", str(workdir / "cache"), "--presets", str(workdir / "presets.toml")]
+    return ["baseline", *inputs, *args]
+
+
 def _baseline(workdir: Path, *args: str):
-    return run_cli(
-        "baseline",
-        "--data",
-        str(workdir / "fer"),
-        "--cache-dir",
-        str(workdir / "cache"),
-        "--presets",
-        str(workdir / "presets.toml"),
-        *args,
-        cwd=workdir,
-    )
+    return run_cli(*_baseline_args(workdir, *args), cwd=workdir)
 
 
 def test_list_json_has_the_exact_reference_parameter_counts():
@@ -188,20 +183,7 @@ def test_text_output_has_one_summary_line_per_run(workdir):
 def test_ctrl_c_keeps_finished_runs_and_discards_the_partial_one(workdir):
     (workdir / "presets.toml").write_text(TINY_PRESETS.replace("EPOCHS", "500"))
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ferhpo",
-            "baseline",
-            "--data",
-            str(workdir / "fer"),
-            "--cache-dir",
-            str(workdir / "cache"),
-            "--presets",
-            str(workdir / "presets.toml"),
-            "--budget",
-            "full",
-        ],
+        ferhpo_command(*_baseline_args(workdir, "--budget", "full")),
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
