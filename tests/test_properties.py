@@ -376,16 +376,21 @@ def space_documents(draw) -> dict:
 SPACE_DOCUMENTS = space_documents()
 
 
+def write(path: Path, content: str | bytes) -> None:
+    """A generated file's content as it is: bytes as bytes, text as UTF-8."""
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+
+
 def read_space(content: str | bytes):
     """Write `content` as a space file and read it, both ways a file reaches the reader."""
     from ferhpo.spaces import load_space, parse_space
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "space.toml"
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
+        write(path, content)
         result = outcome(load_space, path)
         again = outcome(parse_space, str(path))
         assert type(again) is type(result) and str(again) == str(result)
@@ -493,10 +498,7 @@ def read_presets(content: str | bytes):
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "presets.toml"
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
+        write(path, content)
         result = outcome(load_presets, path)
         if not isinstance(result, FerhpoError):
             assert result and all(isinstance(p, Preset) for p in result.values())
