@@ -5,7 +5,7 @@ worker or trial process kill that trial's worker, as the kernel's OOM killer or 
 `kill -9` would: a trial process kills its worker (its parent) and then itself, a
 worker kills itself. The points sit where a crash hurts most: between writing a
 temporary file and renaming it (`atomic-write`), right after a trial wrote to the
-storage (`trial-reported`), and between storing a trial's record and ending the
+storage (`trial-reported`; `promotion-reported` in a promoted run only), and between storing a trial's record and ending the
 trial (`worker-before-tell`). Unset, `point` costs one dictionary lookup. `busy` and
 `limit_file_size` stand in for a trial that does not answer signals and a full disk.
 """
@@ -16,6 +16,9 @@ import os
 import signal
 
 ENV = "FERHPO_FAULT"
+#: With several processes at the same point, ``FERHPO_FAULT_ONCE=PATH`` lets only the
+#: first one that creates the file PATH die.
+ONCE_ENV = "FERHPO_FAULT_ONCE"
 ROLE = "FERHPO_ROLE"  # set by the engine: "worker" or "trial"
 _hits: dict[str, int] = {}
 
@@ -31,6 +34,12 @@ def point(name: str) -> None:
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] != int(nth or 1):
         return
+    once = os.environ.get(ONCE_ENV)
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
     if role == "trial":
         os.kill(os.getppid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)

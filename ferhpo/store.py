@@ -307,6 +307,12 @@ def records(study, *, states: tuple[str, ...] = ("complete", "pruned", "failed")
     return out
 
 
+def higher_rung_first(record: RunRecord) -> int:
+    """A `best_first` group: the runs of a search's higher rung (`--rungs`: more epochs)
+    before those of a lower one, whose validation values are not comparable with theirs."""
+    return -int(record.search.get("rung") or 0)
+
+
 def best_first(
     items: Iterable[T],
     value: Callable[[T], float | None],

@@ -79,6 +79,20 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-epochs", type=positive_int, metavar="N", help="override the budget's epochs per trial")
     p.add_argument(
+        "--rungs",
+        metavar="E1,E2,...",
+        help="promote across budgets (asynchronous successive halving): every configuration trains E1 epochs, the "
+        "best 1/--reduction of each rung by validation are trained again for the next rung's epochs, each with "
+        "its schedule over its own epochs; --trials counts the new configurations (e.g. 3,9,27; default: none)",
+    )
+    p.add_argument(
+        "--reduction",
+        type=positive_int,
+        default=3,
+        metavar="ETA",
+        help="with --rungs: the best 1/ETA of a rung's runs are promoted (default 3)",
+    )
+    p.add_argument(
         "--workers", type=positive_int, default=1, help="worker processes on this machine sharing the study (default 1)"
     )
     p.add_argument(
@@ -139,6 +153,8 @@ def _resolve_engine_options(args: argparse.Namespace, objectives: tuple[str, ...
     if args.engine == "keras-tuner":
         if args.workers > 1:
             raise UsageError("--workers > 1 needs --engine optuna (the keras-tuner engine runs one worker)")
+        if args.rungs:
+            raise UsageError("--rungs needs --engine optuna (keras-tuner promotes across budgets with --pruner hyperband)")
         if multi:
             raise UsageError("two objectives (--objective ...,params) need --engine optuna")
         if args.pruner not in (None, "none", "hyperband"):
@@ -153,7 +169,13 @@ def _resolve_engine_options(args: argparse.Namespace, objectives: tuple[str, ...
             raise UsageError(f"--sampler {args.sampler} needs --engine optuna; keras-tuner runs --sampler random or gp")
         return args.sampler or "random", "none"
     sampler = args.sampler or ("nsga2" if multi else "tpe")
-    pruner = args.pruner or ("none" if multi else "hyperband")
+    pruner = args.pruner or ("none" if multi or args.rungs else "hyperband")
+    if args.rungs and multi:
+        raise UsageError("--rungs promotes by one objective; drop ',params' from --objective or drop --rungs")
+    if args.rungs and pruner != "none":
+        raise UsageError(
+            f"--rungs promotes across budgets itself and cannot be combined with --pruner {pruner}; use --pruner none"
+        )
     if multi and pruner != "none":
         raise UsageError(
             f"--pruner {pruner} cannot prune a two-objective search (Optuna prunes single objectives only); use --pruner none"
@@ -173,6 +195,17 @@ def _search_run(args: argparse.Namespace) -> int:
     from ferhpo.spaces import load_space
 
     objectives = parse_objectives(args.objective)
+    rungs = None
+    if args.rungs is not None:
+        from ferhpo.engines.rungs import check_reduction, parse_rungs
+
+        rungs = parse_rungs(args.rungs)
+        check_reduction(args.reduction)
+        if args.max_epochs is not None and args.max_epochs != rungs[-1]:
+            raise UsageError(
+                f"--max-epochs {args.max_epochs} and --rungs {args.rungs} disagree: the top rung's epochs are the "
+                f"search's maximum; drop --max-epochs"
+            )
     sampler, pruner = _resolve_engine_options(args, objectives)
     tensorboard = None
     if args.tensorboard is not None:
@@ -186,7 +219,7 @@ def _search_run(args: argparse.Namespace) -> int:
         grid_of(space)  # too large a grid is refused before any work
     budget = get_budget(args.budget)
     _, default_train = space.configs(space.defaults())
-    max_epochs = args.max_epochs or budget.epochs or default_train.epochs
+    max_epochs = (rungs[-1] if rungs else None) or args.max_epochs or budget.epochs or default_train.epochs
     budget = dataclasses.replace(budget, epochs=max_epochs)
     storage = store.storage_url(args.storage)
     store.heartbeat_seconds()  # a bad $FERHPO_HEARTBEAT fails here, not in a worker
@@ -221,6 +254,8 @@ def _search_run(args: argparse.Namespace) -> int:
         storage_retry=args.storage_retry,
         checkpoint_every=args.checkpoint_every,
         fail_fast=args.fail_fast,
+        rungs=rungs,
+        reduction=args.reduction,
     )
     quiet_optuna()
     from ferhpo.engines.runner import prepare_study
@@ -234,7 +269,7 @@ def _search_run(args: argparse.Namespace) -> int:
     print(
         f"search: study '{study_name}' in {redact(storage)}; space {space.name} ({len(space.params)} parameters); "
         f"engine {args.engine} ({what}); objective {','.join(objectives)} on the {args.protocol} validation split; "
-        f"{args.trials} trials, {budget.describe()}; {args.workers} worker(s)",
+        f"{_trials_text(settings)}, {budget.describe()}; {args.workers} worker(s)",
         flush=True,
     )
     if args.engine == "optuna":
@@ -285,6 +320,16 @@ def _search_run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _trials_text(settings) -> str:
+    if not settings.rungs:
+        return f"{settings.trials} trials"
+    from ferhpo.engines.rungs import runs_per_rung
+
+    counts = runs_per_rung(settings.trials, settings.rungs, settings.reduction)
+    per = ", ".join(f"{n} x {e} epochs" for n, e in zip(counts, settings.rungs))
+    return f"{settings.trials} configurations promoted across rungs (reduction {settings.reduction}: {per})"
 
 
 class _LiveLine:
@@ -389,7 +434,7 @@ def _print_top(study, settings) -> None:
         title = f"Pareto front ({settings.objectives[0]} against parameters), smallest first"
     else:
         rows = top_records(study, settings, 5)
-        title = f"top {len(rows)} by validation {settings.objectives[0]}"
+        title = f"top {len(rows)} by validation {settings.objectives[0]}" + (", the highest rung first" if settings.rungs else "")
     if not rows:
         print("no trial completed yet")
         return

@@ -26,6 +26,11 @@ from ferhpo.training import classification_metrics
 ENSEMBLES_ATTR = store.ENSEMBLES_ATTR
 
 
+def _images(budget: dict) -> dict:
+    """What of a budget decides the images a run is evaluated on: all but its epochs."""
+    return {k: v for k, v in budget.items() if k != "epochs"}
+
+
 def ensemble_name(records: list[store.RunRecord], tta_hflip: bool) -> str:
     return f"ensemble-top{len(records)}" + ("-tta" if tta_hflip else "")
 
@@ -33,7 +38,8 @@ def ensemble_name(records: list[store.RunRecord], tta_hflip: bool) -> str:
 def evaluate(records: list[store.RunRecord], data: FER2013, *, tta_hflip: bool = False, root: Path = store.STUDIES_DIR) -> dict:
     """The ensemble's metrics on the validation and test images of its members' split.
 
-    Members must share the data, protocol and budget. When their split seeds differ,
+    Members must share the data, protocol and the images of their budget (not its
+    epochs: the runs of a search's rungs are evaluated on the same images). When their split seeds differ,
     each member trained on images the others validate on, so no validation accuracy
     is given (test accuracy stays clean: no member saw a test image)."""
     first = records[0]
@@ -43,9 +49,10 @@ def evaluate(records: list[store.RunRecord], data: FER2013, *, tta_hflip: bool =
                 f"run {r.run} was trained on data {r.data_fingerprint}, but the data given is {data.info.fingerprint}; "
                 f"expected the dataset the study used (--data)"
             )
-        if r.protocol != first.protocol or r.budget != first.budget:
+        if r.protocol != first.protocol or _images(r.budget) != _images(first.budget):
             raise DeployError(
-                f"runs {first.run} and {r.run} differ in protocol or budget; expected the members of one ensemble to share them"
+                f"runs {first.run} and {r.run} differ in protocol or in the images of their budget; expected the members "
+                f"of one ensemble to share them (their epochs may differ: a search's rungs)"
             )
     budget = Budget(**first.budget)
     seeds = sorted({int(r.split_seed) for r in records})

@@ -42,7 +42,7 @@ def select_records(
     """Finished runs of `study` to deploy: trial `trial`, run `run`, or the `top` best.
 
     Only complete runs count (pruned and failed ones have no final model). Runs are
-    ranked by validation accuracy (never by test: that would choose on the test set),
+    ranked by validation accuracy, a search's higher rung first (`--rungs`), (never by test: that would choose on the test set),
     in `objective_direction`, ties going to the run recorded first; with neither
     `trial` nor `run` nor `top`, the best one. `run` names a baseline run (its latest
     complete attempt). Every chosen run's weights must lie under `root`/<study>/.
@@ -83,6 +83,7 @@ def select_records(
             finished,
             lambda r: r.best_val_accuracy,
             maximize=objective_direction == "maximize",
+            group=store.higher_rung_first,
             tiebreak=lambda r: r.created,
         )
         selected = ranked[:top]

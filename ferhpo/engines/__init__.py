@@ -23,7 +23,19 @@ PRUNERS = ("hyperband", "asha", "median", "none")
 OBJECTIVES = ("val_accuracy", "macro_f1")
 SETTINGS_ATTR = "ferhpo.search"
 #: Settings that decide what a trial's number means; a rerun must not change them.
-_BINDING = ("engine", "objectives", "budget", "protocol", "seed", "space", "data_fingerprint", "max_epochs", "precision")
+_BINDING = (
+    "engine",
+    "objectives",
+    "budget",
+    "protocol",
+    "seed",
+    "space",
+    "data_fingerprint",
+    "max_epochs",
+    "precision",
+    "rungs",
+    "reduction",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class SearchSettings:
     storage_retry: float = 600.0  # seconds a worker rides out a storage outage (ferhpo.outage)
     checkpoint_every: int | None = None  # epochs between a trial's resume checkpoints
     fail_fast: int = 3  # stop when the first this many trials all fail alike (0: never)
+    rungs: tuple[int, ...] | None = None  # epochs per rung of a promoting search (`ferhpo.engines.rungs`)
+    reduction: int = 3  # the top 1/reduction of a rung is promoted
     extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self, train, *, epochs: int):
@@ -72,6 +86,16 @@ class SearchSettings:
     def directions(self) -> list[str]:
         return ["minimize" if o == "params" else "maximize" for o in self.objectives]
 
+    @property
+    def expected_runs(self) -> int:
+        """The runs a finished search holds: `trials`, or with rungs, every rung's runs
+        (`trials` new configurations and their promotions)."""
+        if not self.rungs:
+            return self.trials
+        from ferhpo.engines.rungs import runs_per_rung
+
+        return sum(runs_per_rung(self.trials, self.rungs, self.reduction))
+
     def budget_obj(self) -> Budget:
         return Budget(**self.budget)
 
@@ -82,12 +106,17 @@ class SearchSettings:
     def from_json(cls, text: str) -> SearchSettings:
         raw = json.loads(text)
         raw["objectives"] = tuple(raw["objectives"])
+        if raw.get("rungs") is not None:
+            raw["rungs"] = tuple(raw["rungs"])
         return cls(**raw)
 
     def binding(self) -> dict[str, Any]:
         """What a rerun must repeat. The space counts by its content: where its file lies
         and how it is described may change."""
-        out = {k: getattr(self, k) if k != "objectives" else list(self.objectives) for k in _BINDING}
+        out = {k: getattr(self, k) for k in _BINDING}
+        out["objectives"] = list(self.objectives)
+        out["rungs"] = list(self.rungs) if self.rungs else None
+        out["reduction"] = self.reduction if self.rungs else None
         out["space"] = {k: v for k, v in self.space.items() if k not in ("path", "description")}
         return out
 

@@ -49,7 +49,8 @@ class Planned:
 
 
 def top_trials(study, k: int, objective: str = "val_accuracy") -> list[store.RunRecord]:
-    """The study's best complete trials by its validation objective, best first."""
+    """The study's best complete trials by its validation objective, best first (a higher
+    rung's first, with `--rungs`)."""
     from ferhpo.engines.trial import objective_value
 
     done = [r for r in store.records(study, states=("complete",)) if r.kind == "trial"]
@@ -59,7 +60,7 @@ def top_trials(study, k: int, objective: str = "val_accuracy") -> list[store.Run
         raise ConfigError(
             f"--top {k} asks for {k} configurations, but study {study.study_name!r} has {len(done)} complete trial(s)"
         )
-    return store.best_first(done, lambda r: objective_value(r.to_dict(), objective))[:k]
+    return store.best_first(done, lambda r: objective_value(r.to_dict(), objective), group=store.higher_rung_first)[:k]
 
 
 def reference_run(candidates: list[store.RunRecord], best: store.RunRecord) -> store.RunRecord:

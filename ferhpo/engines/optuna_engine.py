@@ -28,7 +28,7 @@ import optuna
 
 from ferhpo import faults, store
 from ferhpo.atomic import write_json
-from ferhpo.engines import SearchSettings
+from ferhpo.engines import SearchSettings, rungs
 from ferhpo.engines.samplers import make_pruner, make_sampler
 from ferhpo.engines.trial import RECORD, SPEC, TrialFailed, objective_value, run_process, trial_env, trial_preexec, trial_spec
 from ferhpo.errors import (
@@ -107,7 +107,8 @@ class Worker:
             sampler=make_sampler(settings.sampler, self.space, seed, study_seed=settings.seed),
             pruner=make_pruner(settings.pruner, settings.max_epochs),
         )
-        self.interrupted: tuple[dict, Path] | None = None  # a stopped trial's parameters and folder
+        # a stopped trial's parameters, folder and what its retry keeps (its rung and configuration)
+        self.interrupted: tuple[dict, Path, dict] | None = None
         self.finished: tuple[int, Path] | None = None  # a trial whose record awaits the storage
         self.lost: tuple[int, Path] | None = None  # a trial another worker failed as stale meanwhile
 
@@ -134,8 +135,9 @@ class Worker:
             if self.interrupted is not None:
                 # The next run (or another worker) redoes the trial with the same parameters,
                 # from its resume checkpoint when it left one.
-                params, folder = self.interrupted
-                attrs = {RESUME_ATTR: str(folder)} if (folder / store.RESUME_DIR).is_dir() else {}
+                params, folder, attrs = self.interrupted
+                if (folder / store.RESUME_DIR).is_dir():
+                    attrs = {**attrs, RESUME_ATTR: str(folder)}
                 self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
             return 143 if isinstance(exc, Terminated) else 130
         except Exception as exc:
@@ -164,6 +166,11 @@ class Worker:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)
             fail_silent_trials(self.study)
+            if self.settings.rungs:
+                if (go := self._next_rung_run()) is not None:
+                    return go
+                time.sleep(POLL_SECONDS)
+                continue
             c = counts(self.study)
             if c["done"] >= wanted:
                 return False
@@ -172,6 +179,27 @@ class Worker:
             # The remaining trials run elsewhere: wait for them to end, or to go stale
             # (then they are re-queued and this worker may take them).
             time.sleep(POLL_SECONDS)
+
+    def _next_rung_run(self) -> bool | None:
+        """With rungs: queue the promotion that is due and say to start (True), say to
+        start a new configuration (True), to stop (False) or to wait (None)."""
+        s = self.settings
+        assert s.rungs is not None
+        what, promotion = rungs.decide(
+            self.study.get_trials(deepcopy=False), configurations=s.trials, rungs=s.rungs, eta=s.reduction
+        )
+        if what == "promote":
+            source, rung = promotion
+            self.study.enqueue_trial(
+                dict(source.params),
+                user_attrs={rungs.RUNG_ATTR: rung, rungs.CONFIG_ATTR: rungs.config_of(source)},
+                skip_if_exists=False,
+            )
+            faults.point("worker-promoted")  # queued, not yet started
+            return True
+        if what in ("waiting", "new"):
+            return True
+        return False if what == "done" else None
 
     # ----------------------------------------------------------------- one trial
 
@@ -186,15 +214,29 @@ class Worker:
             if trial.user_attrs.get(attr) is not None:
                 trial.set_user_attr(attr, None)
         resume = resume or trial.user_attrs.get(FOLDER_ATTR)  # a killed worker's attempt
-        before = [t for t in self.study.get_trials(deepcopy=False) if t.number < mine and _alive(t)]
-        if len(before) >= s.trials:
+        trials = self.study.get_trials(deepcopy=False)
+        rung, carried = 0, {}
+        if s.rungs:
+            me = next(t for t in trials if t.number == mine)
+            rung = rungs.rung_of(me)
+            carried = {rungs.RUNG_ATTR: rung, rungs.CONFIG_ATTR: rungs.config_of(me)}
+            for attr, value in carried.items():
+                if trial.user_attrs.get(attr) != value:
+                    trial.set_user_attr(attr, value)
+            first = rungs.duplicate_of(trials, me)
+            if first is not None:
+                trial.set_user_attr(store.SURPLUS_ATTR, True)
+                raise SurplusTrial(f"trial {mine} repeats trial {first}'s run at rung {rung}")
+        before = [t for t in trials if t.number < mine and _alive(t) and (not s.rungs or rungs.rung_of(t) == 0)]
+        if rung == 0 and len(before) >= s.trials:
             trial.set_user_attr(store.SURPLUS_ATTR, True)
             raise SurplusTrial(f"trial {mine} is past the requested {s.trials} trials")
 
+        epochs = s.rungs[rung] if s.rungs else s.max_epochs
         values = suggest_optuna(self.space, trial)
         try:
             model, train = self.space.configs(values)
-            train = s.recipe(train, epochs=s.max_epochs)
+            train = s.recipe(train, epochs=epochs)  # a rung's schedule ends at its own last epoch
         except ConfigError as exc:
             return self._fail(trial, f"configuration rejected: {exc}")
 
@@ -202,13 +244,17 @@ class Worker:
         folder = store.run_dir(s.study, f"{name}-{uuid.uuid4().hex[:8]}", Path(s.study_dir))
         previous = Path(resume) if resume and (Path(resume) / store.RESUME_DIR).is_dir() else None
         spec = trial_spec(s, name=name, folder=folder, model=model, train=train, values=values, trial=trial, resume=previous)
+        if s.rungs:
+            spec["budget"] = {**spec["budget"], "epochs": epochs}
+            config = f"trial-{carried[rungs.CONFIG_ATTR]}"
+            spec["search"].update(rung=rung, rung_epochs=epochs, rungs=list(s.rungs), reduction=s.reduction, config=config)
         write_json(folder / SPEC, spec)
         trial.set_user_attr(FOLDER_ATTR, str(folder))
         try:
             outcome = run_process(folder, env=trial_env(s.workers), preexec_fn=trial_preexec(s.trial_memory_gb))
         except KeyboardInterrupt:
             trial.set_user_attr(store.INTERRUPTED_ATTR, True)
-            self.interrupted = (dict(trial.params), folder)
+            self.interrupted = (dict(trial.params), folder, carried)
             _drop_partial(folder)
             raise
         if previous is not None and outcome.record is not None:
@@ -216,7 +262,7 @@ class Worker:
         if outcome.disk_full:
             trial.set_user_attr(store.INTERRUPTED_ATTR, True)  # not the configuration's fault: retried
             trial.set_user_attr(store.DISK_FULL_ATTR, outcome.error)
-            self.study.enqueue_trial(dict(trial.params), skip_if_exists=False)
+            self.study.enqueue_trial(dict(trial.params), user_attrs=carried, skip_if_exists=False)
             raise DiskFull(
                 f"trial {mine} failed: {outcome.error}; it is re-queued with the same parameters: free "
                 f"space under {folder.parent} and rerun the same command"

@@ -106,16 +106,16 @@ def prepare_study(settings: SearchSettings):
     if saved is None:
         study.set_user_attr(SETTINGS_ATTR, settings.binding())
         study.set_user_attr("ferhpo.search_command", {"sampler": settings.sampler, "pruner": settings.pruner})
-    if study.user_attrs.get(WANTED_ATTR) != settings.trials:  # for `ferhpo status` and its estimate
-        study.set_user_attr(WANTED_ATTR, settings.trials)
+    if study.user_attrs.get(WANTED_ATTR) != settings.expected_runs:  # for `ferhpo status` and its estimate
+        study.set_user_attr(WANTED_ATTR, settings.expected_runs)
     return study
 
 
 def watch(study, settings: SearchSettings, start: float) -> Progress:
     """The study now: counts, best, and each running trial's progress from the storage
     (one read of its trials: the live line asks every second)."""
-    now = snapshot(study, wanted=settings.trials)
-    return Progress(now.counts, settings.trials, now.best, time.time() - start, now)
+    now = snapshot(study, wanted=settings.expected_runs)
+    return Progress(now.counts, settings.expected_runs, now.best, time.time() - start, now)
 
 
 def run_optuna(settings: SearchSettings, study, on_progress: Callable[[Progress], None]) -> SearchOutcome:
@@ -221,18 +221,21 @@ def _watch(study, settings: SearchSettings, start: float, last: Progress | None)
         since = (last.storage_down_since if last is not None else None) or time.time()
         if last is None:
             zero = dict.fromkeys(("complete", "pruned", "failed", "running", "waiting", "done"), 0)
-            return Progress(zero, settings.trials, None, time.time() - start, storage_down_since=since)
+            return Progress(zero, settings.expected_runs, None, time.time() - start, storage_down_since=since)
         return dataclasses.replace(last, elapsed=time.time() - start, storage_down_since=since)
     finally:
         optuna.logging.set_verbosity(level)
 
 
 def top_records(study, settings: SearchSettings, k: int = 5) -> list[store.RunRecord]:
-    """The best complete trials by the (first) objective, best first."""
+    """The best complete trials by the (first) objective, best first; with rungs, the
+    highest rung's runs first (a longer run's value is not comparable to a shorter one's)."""
     from ferhpo.engines.trial import objective_value
 
     done = [r for r in store.records(study, states=("complete",)) if r.kind == "trial"]
-    return store.best_first(done, lambda r: objective_value(r.to_dict(), settings.objectives[0]))[:k]
+    return store.best_first(done, lambda r: objective_value(r.to_dict(), settings.objectives[0]), group=store.higher_rung_first)[
+        :k
+    ]
 
 
 def pareto_records(study) -> list[store.RunRecord]:

@@ -291,6 +291,8 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
             def report_and_ask():
                 trial.report(value, epoch + 1)
                 faults.point("trial-reported")
+                if spec["search"].get("rung"):
+                    faults.point("promotion-reported")
                 # After the last epoch there is nothing left to save: the trial completes.
                 return epoch + 1 < epochs and trial.should_prune()
 

@@ -39,6 +39,7 @@ from ferhpo.report.content import (
     space_defaults,
     split_metric,
 )
+from ferhpo.report.fidelity import fidelity
 from ferhpo.report.load import Failure, Run, StudyData
 from ferhpo.report.summary import footnotes, summary
 
@@ -128,7 +129,8 @@ def rank_runs(data: StudyData) -> list[tuple[int, Run | Failure]]:
         data.ranked,
         lambda run: run.objective,
         maximize=not (data.directions and data.directions[0] == "minimize"),
-        group=lambda run: _STATUS_ORDER.get(run.status, 3),
+        # a longer rung's validation value is not comparable to a shorter one's: highest rung first
+        group=lambda run: (_STATUS_ORDER.get(run.status, 3), store.higher_rung_first(run.record)),
         tiebreak=lambda run: (run.number if run.number is not None else math.inf, run.name),
     )
     ordered: list[Run | Failure] = [*ranked, *sorted(data.failures, key=lambda f: f.number)]
@@ -223,6 +225,7 @@ def build_content(data: StudyData, references: list[Reference], *, top: int = 10
         footnotes=[],
         notes=list(data.notes),
         top=top,
+        fidelity=fidelity(data.ranked, (data.settings or {}).get("rungs"), seed=seed) if data.is_search else None,
     )
     content.summary = summary(content)
     content.footnotes = footnotes(content)

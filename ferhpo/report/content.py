@@ -53,6 +53,7 @@ class ReportContent:
     ensembles: list[dict[str, Any]] = field(default_factory=list)  # each beside the best single model
     notes: list[str] = field(default_factory=list)
     top: int = 10
+    fidelity: dict[str, Any] | None = None  # a search across rungs (`ferhpo.report.fidelity`)
 
 
 def space_defaults(space: dict | None) -> dict[str, Any]:

@@ -236,7 +236,32 @@ def figure_specs(c: ReportContent) -> list[FigureSpec]:
     else:
         spec.reason = "the best run has no test confusion matrix (no complete run yet)"
     specs.append(spec)
+
+    if c.fidelity is not None:
+        specs.append(_time_to_accuracy(c))
     return specs
+
+
+def _time_to_accuracy(c: ReportContent) -> FigureSpec:
+    from ferhpo.report import figures
+
+    spec = FigureSpec(
+        "time_to_accuracy",
+        "Time to accuracy",
+        "Validation and test accuracy of the study's best run so far (by validation, at the highest rung reached) "
+        "against the study's wall-clock hours, beside the reference recipe trained at the final budget (the best "
+        "comparable baseline; the vertical line marks the time it took on its own).",
+    )
+    points = c.fidelity["over_time"] if c.fidelity else []
+    bb = c.best_baseline
+    reference = None
+    if bb is not None:
+        reference = (bb.name, bb.record.best_val_accuracy, bb.record.test_accuracy, bb.record.wall_seconds / 3600)
+    if points:
+        spec.draw = lambda path, points=points, reference=reference: figures.time_to_accuracy(points, path, reference=reference)
+    else:
+        spec.reason = "no complete run records its start and wall time"
+    return spec
 
 
 def _parallel_axes(d: StudyData, top: list[Run]) -> list[tuple[str, str, list]]:

@@ -121,6 +121,40 @@ def optimization_history(
     return _save(fig, path)
 
 
+def time_to_accuracy(
+    points: list[dict], path: str | Path, *, reference: tuple[str, float, float | None, float] | None = None
+) -> Path:
+    """The study's best run so far (validation and test accuracy) against wall-clock hours.
+
+    `points` are `ferhpo.report.fidelity.best_over_time`'s; `reference` is (label,
+    validation accuracy, test accuracy, hours it trained), drawn as lines with a mark
+    at the time it took."""
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    ax = fig.subplots()
+    hours = [p["hours"] for p in points]
+    ax.step(hours, _pct([p["val"] for p in points]), where="post", color=_COMPLETE, label="best run so far: validation")
+    tested = [(p["hours"], p["test"]) for p in points if p["test"] is not None]
+    if tested:
+        ax.step([h for h, _ in tested], _pct([t for _, t in tested]), where="post", color=_COMPLETE, linestyle="--",
+                label="best run so far: test")  # fmt: skip
+    for p, q in zip(points, points[1:]):
+        if q["rung"] != p["rung"]:
+            where = (q["hours"], 100.0 * q["val"])
+            ax.annotate(f"rung {q['rung']}", where, textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if reference is not None:
+        label, val, test, ref_hours = reference
+        ax.axhline(100.0 * val, color=_BASELINE, linestyle=":", label=f"{label}: validation")
+        if test is not None:
+            ax.axhline(100.0 * test, color=_BASELINE, linestyle="-.", label=f"{label}: test")
+        ax.axvline(ref_hours, color=_BASELINE, alpha=0.4, label=f"{label}: its own training time")
+    ax.set_xlabel("wall-clock hours since the study's first run started")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Time to accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
 def intermediate_curves(
     curves: list[tuple[str, list[float], str]],
     path: str | Path,

@@ -176,6 +176,57 @@ SEEDS: list[tuple[str, Callable[[dict], str]]] = [
 ]
 
 
+def _corr(p: dict, name: str) -> str:
+    value, interval = p[name], p[f"{name}_interval"]
+    if value is None:
+        return f"– (n = {p['n']})"
+    return f"{value:+.2f}" + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else " (too few for an interval)")
+
+
+def _regret(r: dict | None) -> str:
+    if r is None:
+        return "–"
+    if r["lower_pick"] == r["top_pick"]:
+        return f"{r['regret_points']:+.2f} (both pick {r['top_pick']})"
+    return f"{r['regret_points']:+.2f} ({r['lower_pick']} against {r['top_pick']})"
+
+
+RUNG_RANKS: list[tuple[str, Callable[[dict], str]]] = [
+    ("rung", lambda r: str(r["rung"])),
+    ("epochs", lambda r: str(r["epochs"])),
+    ("rank", lambda r: str(r["rank"])),
+    ("run", lambda r: r["run"]),
+    ("configuration", lambda r: r["config"]),
+    ("val acc", lambda r: _num(".4f")(r["val"])),
+    ("test acc", lambda r: _num(".4f")(r["test"])),
+]
+
+RUNG_PAIRS: list[tuple[str, Callable[[dict], str]]] = [
+    ("rungs", lambda p: f"{p['lower']} → {p['upper']}"),
+    ("configurations at both", lambda p: str(p["n"])),
+    ("Spearman ρ [95% CI]", lambda p: _corr(p, "spearman")),
+    ("Kendall τ [95% CI]", lambda p: _corr(p, "kendall")),
+    ("regret of the lower rung's pick (test pts)", lambda p: _regret(p["regret"])),
+]
+
+FIDELITY_NOTE = (
+    "Each rung's complete runs by validation accuracy; then, between consecutive rungs, the rank correlation of "
+    "validation accuracy over the configurations trained at both (95% paired bootstrap intervals, percentile, from "
+    "4 configurations on) and the regret of choosing at the lower rung: among the configurations trained at both, "
+    "the test accuracy at the upper rung of the upper rung's pick minus that of the lower rung's pick. Only the best "
+    "of a rung are promoted, so each correlation is over a restricted range. Test accuracy chose nothing."
+)
+
+
+def _rung_rows(f: dict) -> list[dict]:
+    epochs = f["rung_epochs"]
+    return [
+        {"rung": level, "epochs": row["epochs"] if level >= len(epochs) else epochs[level], "rank": i, **row}
+        for level, rows in f["rungs"].items()
+        for i, row in enumerate(rows, 1)
+    ]
+
+
 # --------------------------------------------------------------------------- Markdown
 
 
@@ -218,6 +269,10 @@ def markdown(c: ReportContent, *, generated: str, figures: list[FigureSpec], dra
         out += _md_table(COMPARISON, c.comparisons)
     else:
         out.append("No complete run to compare.")
+    if c.fidelity:
+        out += ["", "## Fidelity across rungs", "", FIDELITY_NOTE, ""]
+        out += _md_table(RUNG_PAIRS, c.fidelity["pairs"]) + [""]
+        out += _md_table(RUNG_RANKS, _rung_rows(c.fidelity))
     if c.ensembles:
         out += ["", "## Ensembles", "", ENSEMBLES_NOTE, ""]
         out += _md_table(ENSEMBLES, c.ensembles)
@@ -355,6 +410,16 @@ def page(c: ReportContent, *, generated: str, figures: list[FigureSpec], folder:
         f"<h2>Against the best baseline (top {c.top})</h2>",
         _html_table(COMPARISON, c.comparisons) if c.comparisons else "<p>No complete run to compare.</p>",
         *(
+            [
+                "<h2>Fidelity across rungs</h2>",
+                f"<p>{html.escape(FIDELITY_NOTE)}</p>",
+                _html_table(RUNG_PAIRS, c.fidelity["pairs"]),
+                _html_table(RUNG_RANKS, _rung_rows(c.fidelity)),
+            ]
+            if c.fidelity
+            else []
+        ),
+        *(
             ["<h2>Ensembles</h2>", f"<p>{html.escape(ENSEMBLES_NOTE)}</p>", _html_table(ENSEMBLES, c.ensembles)]
             if c.ensembles
             else []
@@ -453,6 +518,7 @@ def json_text(c: ReportContent, *, generated: str, figures: list[FigureSpec], dr
         "comparisons": c.comparisons,
         "seed_groups": c.seed_groups,
         "ensembles": c.ensembles,
+        "fidelity": c.fidelity,
         "failures": [
             {"run": f.run, "trial_number": f.number, "error": f.error, "hyperparameters": f.hyperparameters} for f in d.failures
         ],

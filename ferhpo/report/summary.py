@@ -19,6 +19,7 @@ def summary(c: ReportContent) -> list[str]:
         *best_run_paragraph(c, best_reference(c.references)),
         compute_paragraph(c),
         *time_paragraph(c),
+        *fidelity_paragraph(c),
         *selection_paragraph(c),
         *seeds_paragraph(c),
         *ensembles_paragraph(c),
@@ -202,6 +203,41 @@ def seeds_paragraph(c: ReportContent) -> list[str]:
         f"against {against}: {top['diff_points']:+.2f} points, 95% interval over seeds and images "
         f"[{top['ci_low']:+.2f}, {top['ci_high']:+.2f}]; verdict: {top['verdict']}."
     ]
+
+
+def fidelity_paragraph(c: ReportContent) -> list[str]:
+    """With rungs: how many runs each rung holds, how well each rung ranked the next one's
+    configurations, and the regret of choosing at the lowest rung."""
+    f = c.fidelity
+    if not f:
+        return []
+    held = ", ".join(f"{len(rows)} at rung {level}" for level, rows in f["rungs"].items())
+    epochs = f" of {', '.join(map(str, f['rung_epochs']))} epochs" if f["rung_epochs"] else ""
+    parts = []
+    for p in f["pairs"]:
+        if p["spearman"] is None:
+            parts.append(f"rung {p['lower']} to {p['upper']}: {p['n']} configuration(s) at both, too few to correlate")
+            continue
+        names = ("spearman_interval", "kendall_interval")
+        ci = {name: f" [{p[name][0]:+.2f}, {p[name][1]:+.2f}]" if p[name] else "" for name in names}
+        parts.append(
+            f"rung {p['lower']} to {p['upper']} ({p['n']} configurations): Spearman {p['spearman']:+.2f}"
+            f"{ci['spearman_interval']}, Kendall {p['kendall']:+.2f}{ci['kendall_interval']}"
+        )
+    lines = [f"Rungs{epochs}: complete runs {held}; validation rank correlation, " + "; ".join(parts) + "."]
+    r = f["regret_lowest"]
+    if r is not None:
+        moved = (
+            ""
+            if r["lower_overall_pick_reached_top"]
+            else f" The lowest rung's own best, {r['lower_overall_pick_config']}, did not reach the top rung."
+        )
+        lines.append(
+            f"Regret of choosing at the lowest rung: {r['regret_points']:+.2f} test points ({r['lower_pick']}, the "
+            f"lowest rung's pick among the {r['n']} configuration(s) of the top rung, against {r['top_pick']}, the "
+            f"top rung's pick).{moved}"
+        )
+    return lines
 
 
 def ensembles_paragraph(c: ReportContent) -> list[str]:
