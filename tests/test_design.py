@@ -69,9 +69,11 @@ ALLOWED = {
     # store opens a retrying storage for the search's workers (ferhpo.outage: tenacity)
     "store.py": {"optuna", "sqlalchemy", "ferhpo.errors", "ferhpo.outage", "ferhpo.redact"},
     "outage.py": {"optuna", "sqlalchemy", "tenacity", "ferhpo.errors", "ferhpo.redact"},
-    # presets are stdlib-only (the reported references); optuna rebuilds trials for importance (store uses it anyway)
+    # presets are stdlib-only (the reported references); optuna rebuilds trials for importance (store uses it anyway);
+    # scipy.stats: the rank correlation between rungs and its bootstrap (report/fidelity.py)
     "report": {
         "numpy",
+        "scipy",
         "pandas",
         "matplotlib",
         "optuna",

@@ -220,9 +220,9 @@ class Worker:
             me = next(t for t in trials if t.number == mine)
             rung = rungs.rung_of(me)
             carried = {rungs.RUNG_ATTR: rung, rungs.CONFIG_ATTR: rungs.config_of(me)}
-            for attr, value in carried.items():
-                if trial.user_attrs.get(attr) != value:
-                    trial.set_user_attr(attr, value)
+            for attr, kept in carried.items():
+                if trial.user_attrs.get(attr) != kept:
+                    trial.set_user_attr(attr, kept)
             first = rungs.duplicate_of(trials, me)
             if first is not None:
                 trial.set_user_attr(store.SURPLUS_ATTR, True)

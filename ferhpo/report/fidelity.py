@@ -105,7 +105,7 @@ def regret(ranked: dict[int, list[Run]], lower: int, top: int) -> dict[str, Any]
         "top_pick": best_top.name,
         "lower_pick": low_pick.name,
         "lower_pick_config": config(low_pick),
-        "regret_points": 100 * (best_top.record.test_accuracy - low_pick.record.test_accuracy),
+        "regret_points": 100 * (float(best_top.record.test_accuracy or 0.0) - float(low_pick.record.test_accuracy or 0.0)),
         "lower_overall_pick_config": config(overall) if overall is not None else None,
         "lower_overall_pick_reached_top": overall is not None and config(overall) in at_top,
     }
