@@ -553,7 +553,7 @@ def test_the_resnet_hypermodel_applies_cutmix_ema_and_warm_up_and_leaves_shift_t
     assert not names & {"tta_hflip", "tta_shift"}
     hp = keras_tuner.HyperParameters()
     hypermodel.declare_hyperparameters(hp)
-    hp.values.update(depth_v1=8, cutmix=1.0, ema=0.99, warmup_epochs=2, crop=2, schedule="linear")
+    hp.values.update(depth=8, cutmix=1.0, ema=0.99, warmup_epochs=2, crop=2, schedule="linear")
     model = hypermodel.build(hp)
     assert model.optimizer.use_ema and model.get_layer("augment_crop") is not None
     rng = np.random.default_rng(0)

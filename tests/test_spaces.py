@@ -108,10 +108,10 @@ def test_cpu_space_defaults_are_the_reference_recipe_on_a_small_model(name, pres
     keras.backend.clear_session()
 
 
-CPU_SPACES = [("resnet-cpu", 1_000_000), ("resnet-cpu-long", 1_200_000), ("densenet-cpu", 1_000_000)]
+MOST_PARAMS = [("resnet-cpu", 1_000_000), ("resnet-cpu-long", 1_200_000), ("densenet-cpu", 1_000_000)]
 
 
-@pytest.mark.parametrize(("name", "most"), CPU_SPACES)
+@pytest.mark.parametrize(("name", "most"), MOST_PARAMS)
 def test_every_architecture_value_of_a_cpu_space_builds(name, most):
     """Each value of each architecture parameter (the others at their defaults) gives a
     model Keras builds, small enough for a CPU (the long space's widest, v1-20 at 32 base
