@@ -187,6 +187,24 @@ def test_each_rung_lays_its_schedule_over_its_own_epochs(promoted):
         assert record.history["lr"] == pytest.approx(expected, rel=1e-4), record.run
 
 
+def test_the_report_of_a_search_across_rungs_has_its_fidelity(promoted):
+    import json
+
+    cwd, _ = promoted
+    result = run_cli("report", "--study", "asha", "--out", "rep", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((cwd / "rep" / "trials.json").read_text())
+    f = doc["fidelity"]
+    assert f["rung_epochs"] == [1, 2, 3] and [len(f["rungs"][k]) for k in ("0", "1", "2")] == [4, 2, 1]
+    assert [(p["lower"], p["upper"], p["n"]) for p in f["pairs"]] == [(0, 1, 2), (1, 2, 1)]
+    assert doc["best"]["run"] == f["rungs"]["2"][0]["run"]  # the best run is the top rung's
+    # every run trained its rung's epochs in full: nothing counts as cut short
+    assert doc["compute"]["epochs_used"] == doc["compute"]["epochs_without_pruning"] == 4 * 1 + 2 * 2 + 3
+    assert (cwd / "rep" / "time_to_accuracy.png").is_file()
+    text = (cwd / "rep" / "report.md").read_text()
+    assert "## Fidelity across rungs" in text and "Regret of choosing at the lowest rung" in text
+
+
 def test_rungs_are_checked_before_any_work(small_data, workdir):
     for args, message in [
         (("--rungs", "3,1"), "--rungs must be at least two positive epoch counts"),

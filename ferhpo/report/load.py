@@ -55,7 +55,9 @@ class Run:
 
     @property
     def max_epochs(self) -> int:
-        return int(self.record.search.get("max_epochs") or self.record.train.get("epochs") or self.record.epochs_run)
+        """The epochs the run was to train: its rung's with `--rungs`, else the search's."""
+        s = self.record.search
+        return int(s.get("rung_epochs") or s.get("max_epochs") or self.record.train.get("epochs") or self.record.epochs_run)
 
 
 @dataclass(frozen=True)
