@@ -357,6 +357,14 @@ def counted(trial) -> bool:
     return state == optuna.trial.TrialState.FAIL and bool(trial.user_attrs.get(ERROR_ATTR))
 
 
+def holds_place(trial) -> bool:
+    """Whether a trial holds its place in a search: counted, running or waiting (a killed
+    worker's, an interrupted or a surplus trial does not: it is retried or ignored)."""
+    import optuna
+
+    return counted(trial) or trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+
+
 def counts(study) -> dict[str, int]:
     """Counted trials by outcome, and those running or waiting (re-queued)."""
     return count_trials(study.get_trials(deepcopy=False))

@@ -83,10 +83,6 @@ class SurplusTrial(Exception):
     """A trial that a race between workers started past the requested count."""
 
 
-def _alive(trial: optuna.trial.FrozenTrial) -> bool:
-    return store.counted(trial) or trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-
-
 class Worker:
     """One worker process of a search: runs trials until the study has enough."""
 
@@ -227,7 +223,7 @@ class Worker:
             if first is not None:
                 trial.set_user_attr(store.SURPLUS_ATTR, True)
                 raise SurplusTrial(f"trial {mine} repeats trial {first}'s run at rung {rung}")
-        before = [t for t in trials if t.number < mine and _alive(t) and (not s.rungs or rungs.rung_of(t) == 0)]
+        before = [t for t in trials if t.number < mine and store.holds_place(t) and (not s.rungs or rungs.rung_of(t) == 0)]
         if rung == 0 and len(before) >= s.trials:
             trial.set_user_attr(store.SURPLUS_ATTR, True)
             raise SurplusTrial(f"trial {mine} is past the requested {s.trials} trials")

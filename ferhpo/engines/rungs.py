@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ferhpo import store
 from ferhpo.errors import ConfigError
 
 RUNG_ATTR = "ferhpo.rung"  # the rung a trial runs at (0: a new configuration)
@@ -68,19 +69,8 @@ def runs_per_rung(configurations: int, rungs: Sequence[int], eta: int) -> list[i
     return out
 
 
-def _alive(trial) -> bool:
-    """Whether a trial holds its place: finished and counted, running or waiting."""
-    import optuna
-
-    from ferhpo import store
-
-    return store.counted(trial) or trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-
-
 def _complete(trial) -> bool:
     import optuna
-
-    from ferhpo import store
 
     return trial.state == optuna.trial.TrialState.COMPLETE and store.counted(trial) and bool(trial.values)
 
@@ -88,14 +78,14 @@ def _complete(trial) -> bool:
 def promotable(trials, rung: int, eta: int) -> list:
     """The runs of `rung` that earn a place one rung up: the best floor(n / eta) of its n
     complete runs by validation (ties: the earlier run), best first."""
-    done = sorted((t for t in trials if rung_of(t) == rung and _complete(t)), key=lambda t: (-t.values[0], t.number))
-    return done[: len(done) // eta]
+    done = [t for t in trials if rung_of(t) == rung and _complete(t)]
+    return store.best_first(done, lambda t: t.values[0], tiebreak=lambda t: t.number)[: len(done) // eta]
 
 
 def next_promotion(trials, rungs: Sequence[int], eta: int) -> tuple[Any, int] | None:
     """The run to promote now and the rung it goes to, or None: the highest rung first
     (the nearest to a finished model), the best run first."""
-    claimed = {(rung_of(t), config_of(t)) for t in trials if _alive(t)}
+    claimed = {(rung_of(t), config_of(t)) for t in trials if store.holds_place(t)}
     for rung in range(len(rungs) - 2, -1, -1):
         for t in promotable(trials, rung, eta):
             if (rung + 1, config_of(t)) not in claimed:
@@ -107,13 +97,15 @@ def duplicate_of(trials, trial) -> int | None:
     """The number of an earlier trial that holds `trial`'s rung and configuration (then
     `trial` is a race's second promotion and must not run), or None."""
     mine = (rung_of(trial), config_of(trial))
-    earlier = [t.number for t in trials if t.number < trial.number and (rung_of(t), config_of(t)) == mine and _alive(t)]
+    earlier = [
+        t.number for t in trials if t.number < trial.number and (rung_of(t), config_of(t)) == mine and store.holds_place(t)
+    ]
     return min(earlier) if earlier else None
 
 
 def new_configurations(trials) -> int:
     """Rung-0 runs that hold their place (counted, running or waiting)."""
-    return sum(1 for t in trials if rung_of(t) == 0 and _alive(t))
+    return sum(1 for t in trials if rung_of(t) == 0 and store.holds_place(t))
 
 
 def decide(trials, *, configurations: int, rungs: Sequence[int], eta: int) -> tuple[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ferhpo import store
 from ferhpo.report.load import Run
 
 #: Below this many configurations at both rungs, no interval is given (and under 3, no correlation).
@@ -45,9 +46,7 @@ def rankings(runs: list[Run]) -> dict[int, list[Run]]:
     for run in runs:
         if run.status == "complete":
             out.setdefault(rung(run), []).append(run)
-    for members in out.values():
-        members.sort(key=lambda r: (-_val(r), r.number if r.number is not None else math.inf, r.name))
-    return dict(sorted(out.items()))
+    return {level: _best_first(out[level]) for level in sorted(out)}
 
 
 def rank_correlation(x, y, *, seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
@@ -83,8 +82,13 @@ def rank_correlation(x, y, *, seed: int = 0, resamples: int = 2000) -> dict[str,
     return out
 
 
+def _best_first(runs: list[Run]) -> list[Run]:
+    """By validation, best first; ties: the earlier run."""
+    return store.best_first(runs, _val, tiebreak=lambda r: (r.number if r.number is not None else math.inf, r.name))
+
+
 def _pick(runs: list[Run]) -> Run:
-    return min(runs, key=lambda r: (-_val(r), r.number if r.number is not None else math.inf, r.name))
+    return _best_first(runs)[0]
 
 
 def regret(ranked: dict[int, list[Run]], lower: int, top: int) -> dict[str, Any] | None:
