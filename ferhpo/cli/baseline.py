@@ -360,8 +360,8 @@ class TrainingProgress:
         import keras
         from tqdm import tqdm
 
-        from ferhpo.engines.trial import _has_accelerator
         from ferhpo.progress import UPDATE_SECONDS, RunProgress, clock
+        from ferhpo.training.build import has_accelerator
 
         self.index += 1
         owner, label = self, f"[{self.index}/{self.runs}] {name}"
@@ -408,7 +408,7 @@ class TrainingProgress:
                         epochs,
                         owner.runs,
                         1,
-                        _has_accelerator(),
+                        has_accelerator(),
                         what="run(s)",
                         total_epochs=owner.total_epochs,
                     ):

@@ -66,17 +66,16 @@ def top_trials(study, k: int, objective: str = "val_accuracy") -> list[store.Run
 def reference_run(candidates: list[store.RunRecord], best: store.RunRecord) -> store.RunRecord:
     """The reference to confirm against: a complete baseline run of `best`'s budget,
     protocol and data (the highest test accuracy when several: the hardest bar)."""
-    from ferhpo.report.compare import budget_text, why_incomparable
+    from ferhpo.report.compare import budget_text, hardest_bar, held_text
 
-    matching = [r for r in candidates if r.test_accuracy is not None and why_incomparable(best, r) is None]
-    if not matching:
-        held = sorted({f"{budget_text(r.budget)} / {r.protocol}" for r in candidates}) or ["none"]
+    bar = hardest_bar(best, candidates)
+    if bar is None:
         raise StoreError(
             f"no complete baseline run at the study's budget and protocol ({budget_text(best.budget)} / {best.protocol}); "
-            f"the baseline study holds: {'; '.join(held)}; expected one made with e.g. `ferhpo baseline --space SPACE "
+            f"the baseline study holds: {held_text(candidates)}; expected one made with e.g. `ferhpo baseline --space SPACE "
             f"--budget {best.budget.get('name')} --protocol {best.protocol}` (or name it with --baseline-study)"
         )
-    return max(matching, key=lambda r: (r.test_accuracy, r.created))
+    return bar
 
 
 def plan(

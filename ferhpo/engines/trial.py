@@ -218,6 +218,7 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
     from ferhpo.outage import StorageUnavailable
     from ferhpo.progress import PROGRESS_ATTR, UPDATE_SECONDS, RunProgress
     from ferhpo.training import classification_metrics, predict
+    from ferhpo.training.build import has_accelerator
 
     objective = spec["objective"]
     epochs = spec["train"]["epochs"]
@@ -230,7 +231,7 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
             trial = optuna.trial.Trial(study, trial_id)
         except StorageUnavailable:
             report = False  # train on without the storage; the worker enters the curve
-    progress = RunProgress(epochs=epochs, accelerator=_has_accelerator())
+    progress = RunProgress(epochs=epochs, accelerator=has_accelerator())
     phases = PhaseClock() if phases is None else phases
 
     def reach(call):
@@ -301,16 +302,6 @@ def _objective_callback(spec: dict[str, Any], study, trial_id: int | None, x_val
                 self.model.stop_training = True
 
     return Objective()
-
-
-def _has_accelerator() -> bool | None:
-    """Whether Keras' backend trains on a GPU or TPU (None when it cannot say)."""
-    try:
-        import keras
-
-        return any(not d.lower().startswith("cpu") for d in keras.distribution.list_devices())
-    except Exception:
-        return None
 
 
 def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None) -> dict[str, Any]:

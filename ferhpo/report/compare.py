@@ -52,6 +52,19 @@ def why_incomparable(a, b) -> str | None:
     return None
 
 
+def hardest_bar(best, candidates: list) -> Any | None:
+    """The baseline record to test record `best` against: one of its budget, protocol
+    and data with a test accuracy, the highest when several (the hardest bar); None when
+    there is none. The report and `ferhpo confirm` both choose with it."""
+    matching = [r for r in candidates if r.test_accuracy is not None and why_incomparable(best, r) is None]
+    return max(matching, key=lambda r: (r.test_accuracy, r.created), default=None)
+
+
+def held_text(records: list) -> str:
+    """The budgets and protocols `records` were trained at, for a message saying none matched."""
+    return "; ".join(sorted({f"{budget_text(r.budget)} / {r.protocol}" for r in records})) or "none"
+
+
 def choose_best_baseline(data: StudyData, best: Run | None) -> tuple[Run | None, str]:
     """The reproduced baseline run to test against, or None and why there is none.
 
@@ -63,19 +76,18 @@ def choose_best_baseline(data: StudyData, best: Run | None) -> tuple[Run | None,
     candidates = [r for r in data.baselines if r.record.test_accuracy is not None]
     if not candidates:
         return None, "no reproduced baseline run was found (run `ferhpo baseline`, or name one with --baseline-study)"
-    if best is not None:
-        matching = [r for r in candidates if why_incomparable(best.record, r.record) is None]
-        if not matching:
-            held = sorted({f"{budget_text(r.record.budget)} / {r.record.protocol}" for r in candidates})
-            return None, (
-                f"the baseline runs of {data.baseline_study} were trained at other budgets or protocols "
-                f"({'; '.join(held)}) than the best run ({budget_text(best.record.budget)} / {best.record.protocol}), "
-                f"so there is no paired test against them; train one at the same budget and protocol "
-                f"(e.g. `ferhpo baseline --space SPACE --budget {best.record.budget.get('name')} "
-                f"--protocol {best.record.protocol}`)"
-            )
-        candidates = matching
-    return max(candidates, key=lambda r: (r.record.test_accuracy, r.record.created)), ""
+    if best is None:
+        return max(candidates, key=lambda r: (r.record.test_accuracy, r.record.created)), ""
+    bar = hardest_bar(best.record, [r.record for r in candidates])
+    if bar is None:
+        return None, (
+            f"the baseline runs of {data.baseline_study} were trained at other budgets or protocols "
+            f"({held_text([r.record for r in candidates])}) than the best run ({budget_text(best.record.budget)} / "
+            f"{best.record.protocol}), so there is no paired test against them; train one at the same budget and "
+            f"protocol (e.g. `ferhpo baseline --space SPACE --budget {best.record.budget.get('name')} "
+            f"--protocol {best.record.protocol}`)"
+        )
+    return next(r for r in candidates if r.record is bar), ""
 
 
 def top_comparisons(

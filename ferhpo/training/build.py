@@ -48,6 +48,15 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(previous)
 
 
+def has_accelerator() -> bool | None:
+    """Whether Keras' backend trains on a GPU or TPU (None when it cannot say): run-time
+    estimates warn about a day-long run only on a machine without one."""
+    try:
+        return any(not d.lower().startswith("cpu") for d in keras.distribution.list_devices())
+    except Exception:
+        return None
+
+
 def build_training_model(model_config: ModelConfig, train: TrainConfig) -> tuple[keras.Model, keras.Model]:
     """(core, training model): built and compiled with the recipe, in its precision.
 
