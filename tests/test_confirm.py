@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import optuna
 import pytest
 
@@ -141,6 +142,42 @@ def test_ensemble_of_the_top_runs_is_measured_and_reported(finished):
     card = json.loads((work / "exp" / "model_card.json").read_text())
     assert card["evaluation"]["test"]["accuracy"] == pytest.approx(test["accuracy"])
     assert "measured by `ferhpo ensemble`" in (work / "exp" / "model_card.md").read_text()
+
+
+def test_a_greedy_ensemble_is_chosen_on_validation_and_reported_with_its_weights(finished):
+    work, data = finished
+    result = run_cli("ensemble", "--study", "s", "--top", "3", "--select", "greedy", "--data", str(data), "--json", cwd=work)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    candidates = [r.run for r in sorted(_records(work, "s"), key=lambda r: (-r.best_val_accuracy, r.created))[:3]]
+    assert summary["name"] == "ensemble-greedy3" and summary["selection"] == "greedy" and summary["candidates"] == candidates
+    assert summary["members"] and set(summary["members"]) <= set(candidates)
+    assert len(summary["weights"]) == len(summary["members"]) and all(w >= 1 for w in summary["weights"])
+    assert sum(summary["weights"]) <= 6 and "optimistic" in summary["validation_note"]
+    report = run_cli("report", "--study", "s", "--baseline-study", "ref", "--out", "rep-greedy", cwd=work)
+    assert report.returncode == 0, report.stderr
+    rows = {row["name"]: row for row in json.loads((work / "rep-greedy" / "trials.json").read_text())["ensembles"]}
+    assert rows["ensemble-greedy3"]["weights"] == summary["weights"] and rows["ensemble-greedy3"]["selection"] == "greedy"
+    assert rows["ensemble-top2-tta"]["weights"] == [1, 1] and rows["ensemble-top2-tta"]["selection"] == "top"
+
+
+def test_greedy_selection_adds_what_raises_validation_accuracy_and_stops():
+    from ferhpo.deploy.ensemble import greedy_weights
+
+    labels = np.array([0, 0, 1, 1])
+
+    def candidate(p_true):  # probability of each image's true class; the rest on the other class
+        p = np.zeros((4, len(CLASSES)))
+        p[np.arange(4), labels], p[np.arange(4), 1 - labels] = p_true, 1 - np.asarray(p_true)
+        return p
+
+    a = candidate([0.9, 0.6, 0.6, 0.45])  # right on 3 of 4
+    b = candidate([0.4, 0.55, 0.55, 0.8])  # right on 3 of 4; the mean of a and b is right on all 4
+    c = candidate([0.2, 0.2, 0.2, 0.2])  # wrong everywhere
+    assert list(greedy_weights(np.stack([a, b, c]), labels, rounds=6)) == [1, 1, 0]
+    assert list(greedy_weights(np.stack([c, b, a]), labels, rounds=6)) == [0, 1, 1]  # a tie goes to the earlier
+    assert list(greedy_weights(np.stack([a, c]), labels, rounds=4)) == [1, 0]  # nothing raises it: a alone
+    assert list(greedy_weights(np.stack([a, b, c]), labels, rounds=1)) == [1, 0, 0]
 
 
 def test_ensemble_bad_input(finished):

@@ -56,7 +56,9 @@ def _export_run(args: argparse.Namespace) -> int:
         (
             e.get("evaluation")
             for e in (study.user_attrs.get(store.ENSEMBLES_ATTR) or {}).values()
-            if e.get("member_run_ids") == [r.run_id for r in records] and bool(e.get("tta_hflip")) == args.tta
+            if e.get("member_run_ids") == [r.run_id for r in records]
+            and bool(e.get("tta_hflip")) == args.tta
+            and len(set(e.get("weights") or [1])) == 1  # an export averages its members equally
         ),
         None,
     )

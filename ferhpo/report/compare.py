@@ -217,6 +217,12 @@ def seed_groups(
     return out, member
 
 
+def members_text(ensemble: dict[str, Any]) -> str:
+    """An ensemble's members, each with its weight when greedy selection picked it more than once."""
+    weights = ensemble.get("weights") or [1] * len(ensemble["members"])
+    return ", ".join(m if w == 1 else f"{m} (x{w})" for m, w in zip(ensemble["members"], weights))
+
+
 def ensemble_rows(data: StudyData, best: Run | None, baseline: Run | None, *, seed: int = 0) -> list[dict[str, Any]]:
     """The study's ensembles, each tested (paired bootstrap, McNemar) against the best
     single model by validation and against the best reproduced baseline."""
@@ -230,6 +236,9 @@ def ensemble_rows(data: StudyData, best: Run | None, baseline: Run | None, *, se
         row = {
             "name": e.get("name"),
             "members": list(e.get("members") or []),
+            "weights": list(e.get("weights") or [1] * len(e.get("members") or [])),
+            "selection": e.get("selection") or "top",
+            "candidates": list(e.get("candidates") or e.get("members") or []),
             "tta_hflip": bool(e.get("tta_hflip")),
             "val_accuracy": acc("val"),
             "test_accuracy": acc("test"),

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ferhpo.formatting import format_seconds, format_signed, objective_label
 from ferhpo.report.analysis import COLUMNS
+from ferhpo.report.compare import members_text
 from ferhpo.report.content import ReportContent
 from ferhpo.report.figure_specs import FigureSpec
 
@@ -126,7 +127,7 @@ def _vs(label: str) -> Callable[[dict], str]:
 
 ENSEMBLES: list[tuple[str, Callable[[dict], str]]] = [
     ("ensemble", lambda e: str(e["name"])),
-    ("members", lambda e: ", ".join(e["members"])),
+    ("members", members_text),
     ("flip TTA", lambda e: "yes" if e["tta_hflip"] else "no"),
     ("val acc", lambda e: _num(".4f")(e["val_accuracy"])),
     ("test acc", lambda e: _num(".4f")(e["test_accuracy"])),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ferhpo.formatting import format_brief, format_seconds, format_signed, objective_label
 from ferhpo.report import stats
-from ferhpo.report.compare import best_reference, family_reference, points_difference
+from ferhpo.report.compare import best_reference, family_reference, members_text, points_difference
 from ferhpo.report.content import PARETO_MARK, SELECTION_MARK, Reference, ReportContent, describe_model, split_metric
 
 
@@ -254,7 +254,7 @@ def ensembles_paragraph(c: ReportContent) -> list[str]:
                 f"{e['best_single_verdict']}"
             )
         lines.append(
-            f"Ensemble {e['name']} ({', '.join(e['members'])}{', flip TTA' if e['tta_hflip'] else ''}): test accuracy "
+            f"Ensemble {e['name']} ({members_text(e)}{', flip TTA' if e['tta_hflip'] else ''}): test accuracy "
             f"{e['test_accuracy']:.4f}{against}."
         )
     return lines
