@@ -21,7 +21,6 @@ from typing import Any
 import optuna
 
 from ferhpo import store
-from ferhpo.engines import SETTINGS_ATTR
 from ferhpo.errors import StoreError
 from ferhpo.progress import PROGRESS_ATTR, WANTED_ATTR, RunProgress, clock, study_seconds_left
 from ferhpo.redact import redact
@@ -124,7 +123,7 @@ def snapshot(study, *, wanted: int | None = None, now: float | None = None) -> S
     now = time.time() if now is None else now
     trials = study.get_trials(deepcopy=False)
     attrs = study.user_attrs
-    search = attrs.get(SETTINGS_ATTR)
+    search = attrs.get(store.SETTINGS_ATTR)
     counts = store.count_trials(trials)
     if search is not None:
         kind = "search"

@@ -119,6 +119,7 @@ INTERRUPTED_ATTR = "ferhpo.interrupted"  # stopped by Ctrl-C, SIGTERM or a full 
 DISK_FULL_ATTR = "ferhpo.disk_full"  # why a trial could not write its results (its retry is queued)
 CONFIRM_ATTR = "ferhpo.confirm"  # study attribute of `ferhpo confirm`: source, top, reference, seeds
 ENSEMBLES_ATTR = "ferhpo.ensembles"  # study attribute: {name: summary} of `ferhpo ensemble` results
+SETTINGS_ATTR = "ferhpo.search"  # study attribute: the binding settings of its search (`engines.SearchSettings`)
 
 
 def heartbeat_seconds() -> int:

@@ -20,9 +20,9 @@ import sqlalchemy
 
 from ferhpo import store
 from ferhpo.cli import main
-from ferhpo.engines import SETTINGS_ATTR
 from ferhpo.progress import PROGRESS_ATTR, WANTED_ATTR, RunProgress, clock, study_seconds_left
 from ferhpo.status import render, snapshot, study_status
+from ferhpo.store import SETTINGS_ATTR
 
 T0 = 1_000_000.0
 

@@ -21,7 +21,6 @@ ENGINES = ("optuna", "keras-tuner")
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "nsga2")
 PRUNERS = ("hyperband", "asha", "median", "none")
 OBJECTIVES = ("val_accuracy", "macro_f1")
-SETTINGS_ATTR = "ferhpo.search"
 #: Settings that decide what a trial's number means; a rerun must not change them.
 _BINDING = (
     "engine",

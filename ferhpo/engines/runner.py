@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ferhpo import faults, store
 from ferhpo.atomic import check_writable, write_json
-from ferhpo.engines import SETTINGS_ATTR, SearchSettings, check_resume, study_dir
+from ferhpo.engines import SearchSettings, check_resume, study_dir
 from ferhpo.engines.trial import die_with_parent
 from ferhpo.errors import FerhpoError, StoreError, Terminated, WorkerError, as_terminated
 from ferhpo.outage import unreachable
@@ -89,7 +89,7 @@ def prepare_study(settings: SearchSettings):
     A storage that cannot be reached now fails at once, with one line: never reached, it
     is more likely a wrong URL than an outage (the workers ride out those)."""
     study = store.open_study(settings.study, settings.storage, directions=settings.directions)
-    saved = study.user_attrs.get(SETTINGS_ATTR)
+    saved = study.user_attrs.get(store.SETTINGS_ATTR)
     if saved is None and study.get_trials(deepcopy=False):
         raise FerhpoError(
             f"study {settings.study!r} already holds runs that are not from a search (a baseline study?); "
@@ -104,7 +104,7 @@ def prepare_study(settings: SearchSettings):
             f"cannot write the study's folder {folder} ({exc.strerror or exc}); expected a writable folder"
         ) from None
     if saved is None:
-        study.set_user_attr(SETTINGS_ATTR, settings.binding())
+        study.set_user_attr(store.SETTINGS_ATTR, settings.binding())
         study.set_user_attr("ferhpo.search_command", {"sampler": settings.sampler, "pruner": settings.pruner})
     if study.user_attrs.get(WANTED_ATTR) != settings.expected_runs:  # for `ferhpo status` and its estimate
         study.set_user_attr(WANTED_ATTR, settings.expected_runs)

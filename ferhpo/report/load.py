@@ -19,9 +19,6 @@ from ferhpo import store
 from ferhpo.errors import StoreError
 from ferhpo.redact import redact
 
-#: The search settings a search saves on its study (ferhpo.engines.SETTINGS_ATTR; the
-#: report reads the store only, so the name is repeated here).
-SEARCH_ATTR = "ferhpo.search"
 #: The Pareto front (run names) a multi-objective search saves on its study.
 PARETO_ATTR = "ferhpo.pareto"
 #: The study `ferhpo baseline` writes by default.
@@ -227,7 +224,7 @@ def load_study(
         raise StoreError(
             f"study {name!r} in {resolved} holds no finished runs{more}; expected at least one complete, pruned or failed run"
         )
-    settings = study.user_attrs.get(SEARCH_ATTR)
+    settings = study.user_attrs.get(store.SETTINGS_ATTR)
     pareto = study.user_attrs.get(PARETO_ATTR)
     data = StudyData(
         name=name,
