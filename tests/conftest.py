@@ -39,6 +39,17 @@ def space_text(name: str = "tiny") -> str:
 TINY_SPACE = space_text("tiny")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's `--dist loadgroup` (addopts): a module's tests run in one
+    test process, so a module-scoped fixture that trains (a search, a confirm) is built
+    once; and every test marked `postgres` runs in one process, one at a time, because
+    tests/test_outage.py stops and restarts CI's PostgreSQL server under the others."""
+    for item in items:
+        group = "postgres" if item.get_closest_marker("postgres") else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)

@@ -30,7 +30,7 @@ def test_backend_builds_and_trains(backend, tmp_path):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (pip install -e '.[{backend}]')")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SELECTION],
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *SELECTION],
         cwd=REPO,
         env={**os.environ, "KERAS_BACKEND": backend},
         capture_output=True,

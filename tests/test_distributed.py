@@ -93,6 +93,7 @@ def search_and_check(workdir: Path, data: Path, *, workers: int, trials: int, st
     assert len([r for r in rows if r["kind"] == "trial"]) == trials
 
 
+@pytest.mark.postgres
 def test_three_workers_on_postgresql(postgres_url, small_data, workdir):
     search_and_check(workdir, small_data, workers=3, trials=3, storage=postgres_url)
 

@@ -25,6 +25,7 @@ from conftest import finish, run_cli, start_cli, wait_for
 from ferhpo import store
 
 ENV = {"FERHPO_HEARTBEAT": "2"}
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture

@@ -60,6 +60,7 @@ def _leaks(folder: Path) -> list[str]:
     ]
 
 
+@pytest.mark.postgres
 def test_a_postgresql_password_is_written_nowhere(workdir, small_data):
     server = os.environ.get("FERHPO_TEST_POSTGRES")
     if not server:
