@@ -41,26 +41,16 @@ TINY_SPACE = space_text("tiny")
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist's `--dist loadgroup` (addopts): the tests of a module that
-    defines a module-scoped fixture (a search, a confirm: minutes to build) run in one
-    test process, so it is built once; every test marked `postgres` runs in one process,
-    one at a time, because tests/test_outage.py stops and restarts CI's PostgreSQL
-    server under the others; every other test goes wherever a process is free."""
+    """Under pytest-xdist's `--dist loadgroup` (addopts): a module's tests run in one
+    test process, so a module-scoped fixture that trains (a search, a confirm) is built
+    once; and every test marked `postgres` runs in one process, one at a time, because
+    tests/test_outage.py stops and restarts CI's PostgreSQL server under the others.
+    Whole modules, not only those with such fixtures: spreading the other modules' tests
+    over both processes was slower (73% done after 27 minutes, against the whole suite in
+    28); likely because tests of one module that train in process reuse what TensorFlow built."""
     for item in items:
-        if item.get_closest_marker("postgres"):
-            item.add_marker(pytest.mark.xdist_group("postgres"))
-        elif _defines_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
-def _defines_module_fixture(item) -> bool:
-    """Whether `item` uses a module-scoped fixture defined in its own module (conftest's
-    `small_data` only writes a few images: each process may make its own)."""
-    return any(
-        d.scope == "module" and d.func.__module__ == item.module.__name__
-        for defs in item._fixtureinfo.name2fixturedefs.values()
-        for d in defs
-    )
+        group = "postgres" if item.get_closest_marker("postgres") else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
