@@ -54,9 +54,10 @@ def why_incomparable(a, b) -> str | None:
 
 def hardest_bar(best, candidates: list) -> Any | None:
     """The baseline record to test record `best` against: one of its budget, protocol
-    and data with a test accuracy, the highest when several (the hardest bar); None when
-    there is none. The report and `ferhpo confirm` both choose with it."""
-    matching = [r for r in candidates if r.test_accuracy is not None and why_incomparable(best, r) is None]
+    and data (any, when `best` is None) with a test accuracy, the highest when several
+    (the hardest bar); None when there is none. The report and `ferhpo confirm` both
+    choose with it."""
+    matching = [r for r in candidates if r.test_accuracy is not None and (best is None or why_incomparable(best, r) is None)]
     return max(matching, key=lambda r: (r.test_accuracy, r.created), default=None)
 
 
@@ -76,10 +77,9 @@ def choose_best_baseline(data: StudyData, best: Run | None) -> tuple[Run | None,
     candidates = [r for r in data.baselines if r.record.test_accuracy is not None]
     if not candidates:
         return None, "no reproduced baseline run was found (run `ferhpo baseline`, or name one with --baseline-study)"
-    if best is None:
-        return max(candidates, key=lambda r: (r.record.test_accuracy, r.record.created)), ""
-    bar = hardest_bar(best.record, [r.record for r in candidates])
+    bar = hardest_bar(best.record if best is not None else None, [r.record for r in candidates])
     if bar is None:
+        assert best is not None  # every candidate has a test accuracy
         return None, (
             f"the baseline runs of {data.baseline_study} were trained at other budgets or protocols "
             f"({held_text([r.record for r in candidates])}) than the best run ({budget_text(best.record.budget)} / "
