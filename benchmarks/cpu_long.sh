@@ -2,7 +2,8 @@
 # The long CPU example (issue 21), end to end on the full FER2013 on two CPU cores:
 #   1. search: a multi-fidelity search of search_spaces/resnet-cpu-long.toml, promoting
 #      across rungs of 1, 3 and 9 epochs (9 configurations, reduction 3: 9 + 3 + 1
-#      runs, each from scratch with its schedule over its own epochs), one worker;
+#      runs, each from scratch with its schedule over its own epochs), one worker; the
+#      lowest rung's runs skip the test pass (--test-from-rung 1: test never promotes);
 #   2. reference: the reference recipe (the space's defaults, ResNet v1-20) trained
 #      for the top rung's epochs: the bar at the same final budget;
 #   3. ensembles: the search's top 3 runs by validation (highest rung first), with flip
@@ -39,7 +40,7 @@ begin=$(date +%s)
 echo "== started $(date -u +%FT%TZ) on $(nproc) cores; ferhpo $(python -c 'import ferhpo; print(ferhpo.__version__)')" | tee -a "$LOG"
 echo "== rungs $RUNGS epochs, $CONFIGS configurations, reduction 3" | tee -a "$LOG"
 step search ferhpo search --space resnet-cpu-long --budget cpu --rungs "$RUNGS" --reduction 3 --trials "$CONFIGS" \
-    --precision mixed_bfloat16 --workers 1 --study "$STUDY" --storage "$STORAGE" --data "$DATA"
+    --test-from-rung 1 --precision mixed_bfloat16 --workers 1 --study "$STUDY" --storage "$STORAGE" --data "$DATA"
 step reference ferhpo baseline --space resnet-cpu-long --budget cpu --epochs "$FINAL" --precision mixed_bfloat16 \
     --protocol holdout --study "$STUDY-reference" --storage "$STORAGE" --data "$DATA"
 step ensemble ferhpo ensemble --study "$STUDY" --top 3 --tta --storage "$STORAGE" --data "$DATA"

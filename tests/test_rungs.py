@@ -134,13 +134,14 @@ def _no_run_twice(study) -> None:
 
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory, small_data):
-    """One search: 4 configurations, rungs of 1, 2 and 3 epochs, reduction 2."""
+    """One search: 4 configurations, rungs of 1, 2 and 3 epochs, reduction 2; test
+    accuracy from rung 1 up."""
     cwd = tmp_path_factory.mktemp("asha")
     (cwd / "cosine.toml").write_text(COSINE_SPACE)
     env = {k: v for k, v in os.environ.items() if k != "FERHPO_STORAGE"}
     result = subprocess.run(
         ferhpo_command(*smoke_search("cosine.toml", small_data, "--rungs", "1,2,3", "--reduction", "2", "--trials", "4",
-                                     "--study", "asha", "--sampler", "random")),
+                                     "--study", "asha", "--sampler", "random", "--test-from-rung", "1")),
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -149,7 +150,10 @@ def promoted(tmp_path_factory, small_data):
 
 def test_rungs_hold_the_configurations_the_reduction_promotes(promoted):
     cwd, result = promoted
-    assert "4 configurations promoted across rungs (reduction 2: 4 x 1 epochs, 2 x 2 epochs, 1 x 3 epochs)" in result.stdout
+    assert (
+        "4 configurations promoted across rungs (reduction 2: 4 x 1 epochs, 2 x 2 epochs, 1 x 3 epochs); "
+        "test accuracy from rung 1 up" in result.stdout
+    )
     study = _study(cwd, "asha")
     by_rung = _by_rung(study)
     assert {k: len(v) for k, v in by_rung.items()} == {0: 4, 1: 2, 2: 1}
@@ -165,13 +169,15 @@ def test_rungs_hold_the_configurations_the_reduction_promotes(promoted):
         assert all(t.value <= worst_in for c, t in below.items() if c not in up)
         for t in by_rung[rung]:
             assert t.params == below[rungs.config_of(t)].params
-    # each run is recorded with its rung, its configuration and its own budget, tested once
+    # each run is recorded with its rung, its configuration and its own budget; tested
+    # once from rung 1 up (--test-from-rung 1), the lowest rung's runs not at all
     for record in store.records(study):
         rung = record.search["rung"]
         epochs = (1, 2, 3)[rung]
         assert record.budget["epochs"] == epochs and record.train["epochs"] == epochs and record.epochs_run == epochs
         assert record.search["config"].startswith("trial-") and record.search["rungs"] == [1, 2, 3]
-        assert record.test_accuracy is not None
+        assert (record.test_accuracy is not None) == (rung >= 1), (record.run, record.test_accuracy)
+        assert ("test" in record.evaluation) == (rung >= 1), record.run
     assert "the highest rung first" in result.stdout
 
 
@@ -213,6 +219,8 @@ def test_rungs_are_checked_before_any_work(small_data, workdir):
         (("--rungs", "1,3", "--objective", "val_accuracy,params"), "--rungs promotes by one objective"),
         (("--rungs", "1,3", "--max-epochs", "5"), "--max-epochs 5 and --rungs 1,3 disagree"),
         (("--rungs", "1,3", "--reduction", "1"), "--reduction must be >= 2"),
+        (("--rungs", "1,3", "--test-from-rung", "2"), "--test-from-rung must name one of the 2 rungs"),
+        (("--test-from-rung", "1",), "--test-from-rung needs --rungs"),
     ]:
         result = run_cli(*smoke_search("tiny.toml", small_data, *args), cwd=workdir)
         assert result.returncode == 2, (args, result.stderr)

@@ -93,6 +93,13 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         help="with --rungs: the best 1/ETA of a rung's runs are promoted (default 3)",
     )
     p.add_argument(
+        "--test-from-rung",
+        type=non_negative_int,
+        metavar="K",
+        help="with --rungs: evaluate test accuracy only for runs of rung K and above (counted from 0), saving the "
+        "lower rungs' test pass; test accuracy never promotes, so this changes no choice (default 0: every run)",
+    )
+    p.add_argument(
         "--workers", type=positive_int, default=1, help="worker processes on this machine sharing the study (default 1)"
     )
     p.add_argument(
@@ -206,6 +213,13 @@ def _search_run(args: argparse.Namespace) -> int:
                 f"--max-epochs {args.max_epochs} and --rungs {args.rungs} disagree: the top rung's epochs are the "
                 f"search's maximum; drop --max-epochs"
             )
+        if args.test_from_rung is not None and args.test_from_rung >= len(rungs):
+            raise UsageError(
+                f"--test-from-rung must name one of the {len(rungs)} rungs of --rungs {args.rungs} (0 to "
+                f"{len(rungs) - 1}: the top rung's runs are always tested), but got {args.test_from_rung}"
+            )
+    elif args.test_from_rung is not None:
+        raise UsageError("--test-from-rung needs --rungs (without rungs, every finished trial is tested)")
     sampler, pruner = _resolve_engine_options(args, objectives)
     tensorboard = None
     if args.tensorboard is not None:
@@ -256,6 +270,7 @@ def _search_run(args: argparse.Namespace) -> int:
         fail_fast=args.fail_fast,
         rungs=rungs,
         reduction=args.reduction,
+        test_from_rung=args.test_from_rung or 0,
     )
     quiet_optuna()
     from ferhpo.engines.runner import prepare_study
@@ -329,7 +344,8 @@ def _trials_text(settings) -> str:
 
     counts = runs_per_rung(settings.trials, settings.rungs, settings.reduction)
     per = ", ".join(f"{n} x {e} epochs" for n, e in zip(counts, settings.rungs))
-    return f"{settings.trials} configurations promoted across rungs (reduction {settings.reduction}: {per})"
+    tested = f"; test accuracy from rung {settings.test_from_rung} up" if settings.test_from_rung else ""
+    return f"{settings.trials} configurations promoted across rungs (reduction {settings.reduction}: {per}){tested}"
 
 
 class _LiveLine:

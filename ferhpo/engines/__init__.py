@@ -67,6 +67,7 @@ class SearchSettings:
     fail_fast: int = 3  # stop when the first this many trials all fail alike (0: never)
     rungs: tuple[int, ...] | None = None  # epochs per rung of a promoting search (`ferhpo.engines.rungs`)
     reduction: int = 3  # the top 1/reduction of a rung is promoted
+    test_from_rung: int = 0  # runs below this rung skip the test evaluation (never used to promote anyway)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self, train, *, epochs: int):

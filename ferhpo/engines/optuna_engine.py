@@ -244,6 +244,7 @@ class Worker:
             spec["budget"] = {**spec["budget"], "epochs": epochs}
             config = f"trial-{carried[rungs.CONFIG_ATTR]}"
             spec["search"].update(rung=rung, rung_epochs=epochs, rungs=list(s.rungs), reduction=s.reduction, config=config)
+            spec["evaluate_test"] = rung >= s.test_from_rung
         write_json(folder / SPEC, spec)
         trial.set_user_attr(FOLDER_ATTR, str(folder))
         try:

@@ -369,7 +369,7 @@ def run_trial(spec: dict[str, Any], data=None, phases: PhaseClock | None = None)
         budget=budget,
         folder=Path(spec["folder"]),
         callbacks=[callback, *extra],  # the objective first: TensorBoard sees val_macro_f1 too
-        evaluate_test=lambda: not callback.pruned,
+        evaluate_test=lambda: not callback.pruned and spec.get("evaluate_test", True),
         status=lambda: "pruned" if callback.pruned else "complete",
         hyperparameters=spec["hyperparameters"],
         search=lambda: {
