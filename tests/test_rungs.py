@@ -204,11 +204,26 @@ def test_the_report_of_a_search_across_rungs_has_its_fidelity(promoted):
     assert f["rung_epochs"] == [1, 2, 3] and [len(f["rungs"][k]) for k in ("0", "1", "2")] == [4, 2, 1]
     assert [(p["lower"], p["upper"], p["n"]) for p in f["pairs"]] == [(0, 1, 2), (1, 2, 1)]
     assert doc["best"]["run"] == f["rungs"]["2"][0]["run"]  # the best run is the top rung's
+    # rung 0 was not tested (--test-from-rung 1): its rows say so, and the regret of
+    # choosing there needs only the upper rungs' test accuracy
+    assert [r["test"] for r in f["rungs"]["0"]] == [None] * 4
+    assert all(r["test"] is not None for r in f["rungs"]["1"] + f["rungs"]["2"])
+    assert f["regret_lowest"] is not None and f["pairs"][0]["regret"] is not None
     # every run trained its rung's epochs in full: nothing counts as cut short
     assert doc["compute"]["epochs_used"] == doc["compute"]["epochs_without_pruning"] == 4 * 1 + 2 * 2 + 3
     assert (cwd / "rep" / "time_to_accuracy.png").is_file()
     text = (cwd / "rep" / "report.md").read_text()
     assert "## Fidelity across rungs" in text and "Regret of choosing at the lowest rung" in text
+
+
+def test_an_ensemble_across_rungs_may_hold_an_untested_lower_rung_run(promoted, small_data):
+    cwd, _ = promoted
+    # top 4 by validation, highest rung first: the 3-, both 2- and one 1-epoch run (untested)
+    result = run_cli("ensemble", "--study", "asha", "--top", "4", "--select", "greedy", "--data", str(small_data), cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    members = [line for line in result.stdout.splitlines() if line.startswith("  trial-")]
+    assert len(members) == 4 and members[-1].split(", ")[1] == "test –", result.stdout
+    assert all("test 0." in line for line in members[:3]), result.stdout
 
 
 def test_rungs_are_checked_before_any_work(small_data, workdir):

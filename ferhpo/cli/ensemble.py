@@ -66,7 +66,9 @@ def _ensemble_run(args: argparse.Namespace) -> int:
     weight = dict(zip(recorded["members"], recorded["weights"]))
     for r in records:
         picked = "" if args.select == "top" else f", weight {weight.get(r.run, 0)}"
-        print(f"  {r.run}: val {r.best_val_accuracy:.4f}, test {r.test_accuracy:.4f}{picked}")
+        # a lower rung's run may be untested (`search --test-from-rung`)
+        test = "–" if r.test_accuracy is None else f"{r.test_accuracy:.4f}"
+        print(f"  {r.run}: val {r.best_val_accuracy:.4f}, test {test}{picked}")
     print(f"recorded in study {args.study!r}; `ferhpo report --study {args.study}` sets it beside the single models")
     return 0
 
