@@ -235,7 +235,7 @@ def test_rungs_are_checked_before_any_work(small_data, workdir):
         (("--rungs", "1,3", "--max-epochs", "5"), "--max-epochs 5 and --rungs 1,3 disagree"),
         (("--rungs", "1,3", "--reduction", "1"), "--reduction must be >= 2"),
         (("--rungs", "1,3", "--test-from-rung", "2"), "--test-from-rung must name one of the 2 rungs"),
-        (("--test-from-rung", "1",), "--test-from-rung needs --rungs"),
+        (("--test-from-rung", "1"), "--test-from-rung needs --rungs"),
     ]:
         result = run_cli(*smoke_search("tiny.toml", small_data, *args), cwd=workdir)
         assert result.returncode == 2, (args, result.stderr)
