@@ -100,7 +100,9 @@ def test_sigterm_requeues_the_trial_and_the_rerun_resumes_it_from_its_checkpoint
 
 
 def test_sigterm_to_one_worker_requeues_its_trial_for_the_others(small_data, workdir):
-    proc = start_cli(*search_args(small_data, "w", "--trials", "2", "--workers", "2"), cwd=workdir)
+    # 100 epochs (about 30 s a trial, the last --max-epochs wins): with 30, one worker's
+    # trial could end before the other's started under a loaded CI, and the two never overlapped
+    proc = start_cli(*search_args(small_data, "w", "--trials", "2", "--workers", "2", "--max-epochs", "100"), cwd=workdir)
     wait_for(lambda: training_trials(workdir, "w", 2) and len(children(proc.pid, "optuna_engine")) == 2)
     victim = children(proc.pid, "optuna_engine")[0]
     os.kill(victim, signal.SIGTERM)
